@@ -1,0 +1,96 @@
+"""One exception hierarchy for everything the protocol rejects.
+
+Every rejection carries a short ``reason`` code: miners, peers and validators count rejections per window by that
+code, so a code names one failure and never changes meaning.
+"""
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    reason = "protocol_error"
+
+
+class InvalidName(ProtocolError, ValueError):
+    """A run id, hotkey or bucket name that may not reach an object key."""
+
+    reason = "invalid_name"
+
+
+class InvalidObject(ProtocolError):
+    """An object failed a check; nothing in it may be trusted."""
+
+    reason = "invalid_object"
+
+
+class Oversized(InvalidObject):
+    reason = "oversized"
+
+
+class Truncated(InvalidObject):
+    reason = "truncated"
+
+
+class PickleRejected(InvalidObject):
+    """Pickle (or a torch.save zip, which holds a pickle): never deserialised."""
+
+    reason = "pickle"
+
+
+class HeaderTooLarge(InvalidObject):
+    reason = "header_too_large"
+
+
+class MalformedHeader(InvalidObject):
+    reason = "malformed_header"
+
+
+class DisallowedDtype(InvalidObject):
+    reason = "disallowed_dtype"
+
+
+class ShapeMismatch(InvalidObject):
+    reason = "shape_mismatch"
+
+
+class OffsetMismatch(InvalidObject):
+    """Tensor offsets that overlap, leave gaps, or disagree with the data length."""
+
+    reason = "offset_mismatch"
+
+
+class NonFinite(InvalidObject):
+    reason = "non_finite"
+
+
+class HashMismatch(InvalidObject):
+    reason = "hash_mismatch"
+
+
+class BadSignature(InvalidObject):
+    reason = "bad_signature"
+
+
+class UnknownHotkey(InvalidObject):
+    """Signed by a hotkey that is not registered, or not allowed, on this run."""
+
+    reason = "unknown_hotkey"
+
+
+class KeyMismatch(InvalidObject):
+    """The object's metadata does not match the key it was found under."""
+
+    reason = "key_mismatch"
+
+
+class MetadataMismatch(InvalidObject):
+    """Well-formed, but for another run, window, segment or role than expected."""
+
+    reason = "metadata_mismatch"
+
+
+class Late(InvalidObject):
+    """Written after its deadline: it does not count."""
+
+    reason = "late"

@@ -1,0 +1,91 @@
+"""The run spec: what every participant of a run agrees on before the first window.
+
+Named tensors with their shapes fix the flat parameter vector (tensors concatenated in the listed order); the
+segment count and redundancy fix the plan; the wire dtype fixes what goes over S3; the window config fixes the
+clock. A spec is plain JSON so operators can publish it beside their bucket and pass it with ``--spec``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .names import check_run_id
+from .windows import WindowConfig
+
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    tensors: tuple[TensorSpec, ...]
+    segments: int
+    redundancy: int = 2
+    wire_dtype: str = "float32"
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    # Readers refuse anything larger before downloading it; see codec.max_object_bytes for the derived cap.
+    max_header_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
+        if not self.tensors:
+            raise ValueError("a run spec needs at least one tensor")
+        names = [t.name for t in self.tensors]
+        if len(set(names)) != len(names):
+            raise ValueError("tensor names must be unique")
+        if any(d <= 0 for t in self.tensors for d in t.shape):
+            raise ValueError("tensor dimensions must be positive")
+        if not 1 <= self.segments <= self.numel:
+            raise ValueError(f"segments must be between 1 and numel ({self.numel})")
+        if self.redundancy < 1:
+            raise ValueError("redundancy must be >= 1")
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}")
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def torch_wire_dtype(self) -> torch.dtype:
+        return WIRE_DTYPES[self.wire_dtype]
+
+    @classmethod
+    def for_module(cls, run_id: str, named: Iterable[tuple[str, torch.Tensor]], **kw: Any) -> "RunSpec":
+        """The spec of a model's parameters (``module.named_parameters()``), in their registration order."""
+        tensors = tuple(TensorSpec(name, tuple(p.shape)) for name, p in named)
+        return cls(run_id=run_id, tensors=tensors, **kw)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["tensors"] = [{"name": t.name, "shape": list(t.shape)} for t in self.tensors]
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        d = json.loads(text)
+        d["tensors"] = tuple(TensorSpec(t["name"], tuple(t["shape"])) for t in d["tensors"])
+        d["windows"] = WindowConfig(**d.get("windows", {}))
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunSpec":
+        return cls.from_json(Path(path).read_text())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())

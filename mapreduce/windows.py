@@ -1,0 +1,89 @@
+"""Block windows: the protocol's clock, derived from the chain alone.
+
+``window = block // blocks_per_window``. Each window starts with an upload phase (peers write their segments),
+then a reduce phase (miners write reduced slices); the rest of the window is for downloads and validation, which
+overlap the next window's upload phase. Every participant computes the same phases from the block number, and
+judges lateness by the timestamp the chain records for the deadline block, so no participant's clock decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Window length and phase deadlines, in blocks."""
+
+    blocks_per_window: int = 10
+    upload_blocks: int = 4
+    reduce_blocks: int = 4
+    # Seconds of tolerance when comparing a storage server's Last-Modified with a block timestamp: S3 stamps
+    # objects with one-second resolution and the servers' clocks are not the chain's.
+    clock_skew_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.blocks_per_window < 2 or self.upload_blocks < 1 or self.reduce_blocks < 1:
+            raise ValueError("windows need at least one block for upload and one for reduce")
+        if self.upload_blocks + self.reduce_blocks > self.blocks_per_window:
+            raise ValueError(
+                f"upload_blocks + reduce_blocks ({self.upload_blocks + self.reduce_blocks}) "
+                f"exceeds blocks_per_window ({self.blocks_per_window})"
+            )
+        if self.clock_skew_seconds < 0:
+            raise ValueError("clock_skew_seconds must be >= 0")
+
+    def window_of(self, block: int) -> int:
+        return block // self.blocks_per_window
+
+    def phases(self, window: int) -> "Phases":
+        start = window * self.blocks_per_window
+        upload_deadline = start + self.upload_blocks
+        return Phases(
+            window=window,
+            start_block=start,
+            upload_deadline=upload_deadline,
+            reduce_deadline=upload_deadline + self.reduce_blocks,
+            end_block=start + self.blocks_per_window,
+        )
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The blocks that bound one window's phases.
+
+    - ``start_block``: the plan is seeded by this block's hash, so it is known to all when the window opens.
+    - ``upload_deadline``: inputs must exist, by the storage server's clock, no later than this block's timestamp.
+    - ``reduce_deadline``: outputs likewise; the validator's sampling seed is this block's hash, which nobody
+      knows before the deadline.
+    """
+
+    window: int
+    start_block: int
+    upload_deadline: int
+    reduce_deadline: int
+    end_block: int
+
+    @property
+    def plan_seed_block(self) -> int:
+        return self.start_block
+
+    @property
+    def sample_seed_block(self) -> int:
+        return self.reduce_deadline
+
+    def phase_at(self, block: int) -> str:
+        """``"upload"``, ``"reduce"``, ``"download"``, or ``"before"``/``"after"`` outside this window."""
+        if block < self.start_block:
+            return "before"
+        if block < self.upload_deadline:
+            return "upload"
+        if block < self.reduce_deadline:
+            return "reduce"
+        if block < self.end_block:
+            return "download"
+        return "after"
+
+
+def on_time(written_at: float, deadline_timestamp: float, skew: float) -> bool:
+    """Whether an object the storage server stamped at ``written_at`` (unix seconds) counts for a deadline."""
+    return written_at <= deadline_timestamp + skew

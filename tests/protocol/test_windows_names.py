@@ -1,0 +1,74 @@
+"""Window arithmetic and the names that may reach object keys."""
+from __future__ import annotations
+
+import pytest
+
+from mapreduce.errors import InvalidName, KeyMismatch
+from mapreduce.keys import ObjectKey, input_key, output_key, record_key
+from mapreduce.names import check_bucket, check_hotkey, check_run_id
+from mapreduce.signing import Signer
+from mapreduce.spec import RunSpec, TensorSpec
+from mapreduce.windows import WindowConfig, on_time
+
+HK = Signer.from_uri("//names").hotkey
+
+
+def test_phases() -> None:
+    cfg = WindowConfig(blocks_per_window=10, upload_blocks=4, reduce_blocks=3)
+    assert [cfg.window_of(b) for b in (0, 9, 10, 25)] == [0, 0, 1, 2]
+    p = cfg.phases(3)
+    assert (p.start_block, p.upload_deadline, p.reduce_deadline, p.end_block) == (30, 34, 37, 40)
+    assert [p.phase_at(b) for b in (29, 30, 33, 34, 36, 37, 39, 40)] == [
+        "before", "upload", "upload", "reduce", "reduce", "download", "download", "after"]
+    assert p.plan_seed_block == 30 and p.sample_seed_block == 37
+
+
+def test_window_config_rejects_impossible_phases() -> None:
+    with pytest.raises(ValueError):
+        WindowConfig(blocks_per_window=5, upload_blocks=3, reduce_blocks=3)
+    with pytest.raises(ValueError):
+        WindowConfig(upload_blocks=0)
+
+
+def test_on_time_uses_skew() -> None:
+    assert on_time(100.0, 100.0, 0.0) and on_time(100.9, 100.0, 1.0) and not on_time(101.1, 100.0, 1.0)
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "a\nb", "x" * 65, ".hidden", "a..b", "a b", "\x00", "é"])
+def test_run_ids_refused(bad: str) -> None:
+    with pytest.raises(InvalidName):
+        check_run_id(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "5" * 100, HK + "/x", "../" + HK[3:], HK[:-1] + "\n", HK.replace(HK[5], "0")])
+def test_hotkeys_refused(bad: str) -> None:
+    with pytest.raises(InvalidName):
+        check_hotkey(bad)
+
+
+@pytest.mark.parametrize("bad", ["ab", "A-bucket", "a/b", "a..b", "-ab", "x" * 64, "a_b", "bucket\r"])
+def test_bucket_names_refused(bad: str) -> None:
+    with pytest.raises(InvalidName):
+        check_bucket(bad)
+
+
+def test_keys_round_trip_and_refuse_bad_names() -> None:
+    for key in (input_key("run", 12, 3, HK), output_key("run", 0, 99999, HK), record_key("run", 5, HK)):
+        assert ObjectKey.parse(str(key)) == key
+    assert str(input_key("run", 12, 3, HK)) == f"run/w00000012/s00003/in/{HK}"
+    with pytest.raises(InvalidName):
+        input_key("../run", 1, 1, HK)
+    with pytest.raises(InvalidName):
+        input_key("run", 1, 1, "../../secret")
+    for bad in (f"run/w1/s00003/in/{HK}", f"run/w00000001/s00003/in/{HK}/extra", f"run/w00000001/in/{HK}"):
+        with pytest.raises(KeyMismatch):
+            ObjectKey.parse(bad)
+
+
+def test_spec_json_round_trip(tmp_path) -> None:
+    s = RunSpec("r1", (TensorSpec("a", (3, 4)), TensorSpec("b", (5,))), segments=4, wire_dtype="bfloat16")
+    s.save(tmp_path / "spec.json")
+    assert RunSpec.load(tmp_path / "spec.json") == s
+    assert s.numel == 17
+    with pytest.raises(ValueError):
+        RunSpec("r1", (TensorSpec("a", (3,)),), segments=4)
