@@ -1,0 +1,356 @@
+"""The real chain, through the classic synchronous Bittensor SDK (``bittensor.Subtensor``, 10.5.0).
+
+==================  =============================================================================================
+Chain               SDK call
+==================  =============================================================================================
+current_block       ``Subtensor.get_current_block``
+block_hash          ``Subtensor.get_block_hash(block)``
+block_timestamp     ``Subtensor.get_timestamp(block)``: the ``Timestamp.Now`` storage at that block, i.e. the
+                    time its block author put in the block's timestamp inherent (ms precision). State older than
+                    ~300 blocks is pruned on lite nodes, so old blocks need an archive endpoint.
+neurons             ``Subtensor.metagraph(netuid, lite=True)``: ``uids``, ``hotkeys``, ``S`` (stake weight),
+                    ``validator_permit``
+commit              ``Subtensor.set_commitment`` (skipped when the hotkey's commitment already equals the data,
+                    because the chain rate-limits commitments and a restarted miner re-publishes the same bucket)
+commitments         ``Subtensor.get_all_commitments(netuid)``
+set_weights         ``Subtensor.set_weights`` (the SDK uses commit-reveal by itself where the subnet enables it)
+weights             ``Subtensor.weights(netuid)``, rows normalised to sum to 1
+==================  =============================================================================================
+
+The SDK's ``MockSubtensor`` (``bittensor.utils.mock``) is an in-process chain for tests, but in 10.5.0 it lags the
+SDK: ``metagraph``/``neurons_lite`` crash (``NeuronInfo`` has no ``rank``), ``get_uid_for_hotkey_on_subnet``,
+``get_all_commitments``, ``weights`` and ``get_timestamp`` read from a ``MagicMock`` and return junk,
+``set_commitment``/``set_weights`` run the real extrinsic code against that ``MagicMock`` and store nothing, and its own
+``commit``/``get_commitment`` mis-resolve the uid and only read back at the exact block. When handed a
+``MockSubtensor``, this adapter therefore goes through :class:`_MockBridge`, which reads and writes the mock's own
+``chain_state`` (with the layout the mock itself uses) and its working ``neurons``/``query_subtensor``. Only the
+mapping code above the SDK is thus exercised by tests; the SDK calls in the table are not (see the report in
+``tests/chain/test_subtensor.py``).
+
+The sync SDK talks over one websocket and is not thread-safe, so every SDK call holds a lock. A write waits for
+inclusion (and finalization if asked), holding the connection meanwhile; a process that must keep reading blocks
+while it sets weights can use a second ``SubtensorChain`` for writes.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+import bittensor as bt
+from bittensor.core.chain_data.utils import decode_metadata
+from bittensor.core.settings import BLOCKTIME, DEFAULTS
+from bittensor.utils.mock import MockSubtensor
+from bittensor.utils.weight_utils import convert_and_normalize_weights_and_uids
+from bittensor_wallet import Keypair
+
+from .base import (
+    Chain,
+    ChainError,
+    Neuron,
+    Signer,
+    check_commitment,
+    check_weights,
+    hotkey_keypair,
+    normalize_row,
+)
+
+T = TypeVar("T")
+_HASH = re.compile(r"0x[0-9a-f]{64}")
+
+
+def _plain(value: Any) -> Any:
+    """The Python value inside an SDK ``ScaleObj`` (query results are wrapped in some SDK versions)."""
+    return getattr(value, "value", value)
+
+
+class SubtensorChain(Chain):
+    """:class:`Chain` on a Bittensor chain. Writes need the signer's ``bittensor_wallet.Wallet`` (not a Keypair)."""
+
+    def __init__(
+        self,
+        subtensor: bt.Subtensor,
+        netuid: int,
+        *,
+        wait_for_finalization: bool = False,
+        poll_interval: float = 1.0,
+    ):
+        """Wrap a connected ``bittensor.Subtensor`` (or a ``MockSubtensor``) for subnet ``netuid``.
+
+        Writes wait for inclusion in a block (which reports dispatch errors); ``wait_for_finalization`` also waits
+        for finality, a few blocks more.
+        """
+        self.subtensor = subtensor
+        self.netuid = int(netuid)
+        self.poll_interval = poll_interval
+        self._wait_for_finalization = wait_for_finalization
+        self._lock = threading.RLock()
+        self._mock = _MockBridge(subtensor, self.netuid) if isinstance(subtensor, MockSubtensor) else None
+
+    # --- construction from the command line ------------------------------------------------------------------------
+
+    @staticmethod
+    def add_args(parser: argparse.ArgumentParser) -> None:
+        """Add ``--subtensor.network``, ``--subtensor.chain_endpoint``, ``--subtensor._mock`` and ``--netuid``."""
+        bt.Subtensor.add_args(parser)
+        try:
+            parser.add_argument("--netuid", type=int, default=1, help="Subnet uid.")
+        except argparse.ArgumentError:
+            pass  # the caller added it already
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> "SubtensorChain":
+        """Connect as the parsed command line says: a ``bittensor.Config`` or the ``argparse.Namespace`` of a parser
+        that went through :meth:`add_args`. ``--subtensor._mock`` (any non-empty value) or
+        ``--subtensor.network mock`` gives a fresh in-process ``MockSubtensor``.
+        """
+        netuid = _setting(config, "netuid")
+        if netuid is None:
+            raise ChainError("config has no netuid (add --netuid)")
+        network = _setting(config, "subtensor.network")
+        try:
+            if _setting(config, "subtensor._mock") or network == "mock":
+                subtensor = MockSubtensor()
+            elif isinstance(config, bt.Config):
+                subtensor = bt.Subtensor(config=config)  # the SDK applies its own endpoint/network precedence
+            else:
+                endpoint = _setting(config, "subtensor.chain_endpoint")
+                # argparse cannot tell a default from an explicit value; an endpoint other than the default wins.
+                explicit = endpoint and endpoint != DEFAULTS.subtensor.chain_endpoint
+                subtensor = bt.Subtensor(network=endpoint if explicit else network)
+        except ChainError:
+            raise
+        except Exception as e:
+            raise ChainError(f"cannot connect to subtensor ({network}): {e}") from e
+        return cls(subtensor, int(netuid), **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            self.subtensor.close()
+
+    def __repr__(self) -> str:
+        return f"SubtensorChain({getattr(self.subtensor, 'network', '?')}, netuid={self.netuid})"
+
+    # --- blocks ----------------------------------------------------------------------------------------------------
+
+    def current_block(self) -> int:
+        return int(self._call("get_current_block", self.subtensor.get_current_block))
+
+    def block_hash(self, block: int) -> str:
+        self._check_past(block)
+        value = self._call("get_block_hash", self.subtensor.get_block_hash, block)
+        text = str(_plain(value) or "").lower()
+        if not _HASH.fullmatch(text):
+            raise ChainError(f"no hash for block {block} (got {value!r:.80})")
+        return text
+
+    def block_timestamp(self, block: int) -> float:
+        self._check_past(block)
+        if self._mock is not None:
+            return self._mock.timestamp(block)
+        when = self._call(
+            "get_timestamp (blocks older than ~300 need an archive node)", self.subtensor.get_timestamp, block
+        )
+        return when.timestamp()
+
+    def _check_past(self, block: int) -> None:
+        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+            raise ChainError(f"invalid block number {block!r}")
+        current = self.current_block()
+        if block > current:
+            raise ChainError(f"block {block} is in the future (current block {current})")
+
+    # --- neurons and commitments -----------------------------------------------------------------------------------
+
+    def neurons(self) -> list[Neuron]:
+        if self._mock is not None:
+            return self._call("neurons", self._mock.neurons)
+        mg = self._call("metagraph", self.subtensor.metagraph, self.netuid, lite=True)
+        rows = zip(_tolist(mg.uids), mg.hotkeys, _tolist(mg.S), _tolist(mg.validator_permit))
+        return sorted(
+            (Neuron(int(uid), str(hotkey), float(stake), bool(permit)) for uid, hotkey, stake, permit in rows),
+            key=lambda n: n.uid,
+        )
+
+    def commit(self, signer: Signer, data: str) -> None:
+        check_commitment(data)
+        wallet = _wallet(signer)
+        hotkey = wallet.hotkey.ss58_address
+        if self._mock is not None:
+            self._call("commit", self._mock.commit, hotkey, data)
+            return
+        if self._own_commitment(hotkey) == data:
+            return  # already published: re-sending would only spend the commitment rate limit
+        response = self._call(
+            "set_commitment",
+            self.subtensor.set_commitment,
+            wallet,
+            self.netuid,
+            data,
+            wait_for_inclusion=True,
+            wait_for_finalization=self._wait_for_finalization,
+        )
+        if not response.success:
+            raise ChainError(f"set_commitment for {hotkey} on netuid {self.netuid} failed: {response.message}")
+
+    def _own_commitment(self, hotkey: str) -> str | None:
+        metadata = self._call(
+            "get_commitment_metadata", self.subtensor.get_commitment_metadata, self.netuid, hotkey
+        )
+        if not metadata:
+            return None
+        try:
+            return decode_metadata(metadata)
+        except Exception:  # a commitment in another format: overwrite it
+            return None
+
+    def commitments(self) -> dict[str, str]:
+        if self._mock is not None:
+            return self._call("commitments", self._mock.commitments)
+        raw = self._call("get_all_commitments", self.subtensor.get_all_commitments, self.netuid)
+        return {str(_plain(hotkey)): str(data) for hotkey, data in raw.items()}
+
+    # --- weights ---------------------------------------------------------------------------------------------------
+
+    def set_weights(self, signer: Signer, uids: list[int], weights: list[float]) -> None:
+        check_weights(uids, weights)
+        wallet = _wallet(signer)
+        if self._mock is not None:
+            self._call("set_weights", self._mock.set_weights, wallet.hotkey.ss58_address, list(uids), list(weights))
+            return
+        response = self._call(
+            "set_weights",
+            self.subtensor.set_weights,
+            wallet,
+            self.netuid,
+            list(uids),
+            [float(w) for w in weights],
+            wait_for_inclusion=True,
+            wait_for_finalization=self._wait_for_finalization,
+        )
+        if not response.success:
+            # The SDK returns a bare failure when it did not even try, e.g. within the weights rate limit.
+            reason = response.message or "not sent (too soon after the last update? see weights_rate_limit)"
+            raise ChainError(f"set_weights on netuid {self.netuid} failed: {reason}")
+
+    def weights(self) -> dict[int, dict[int, float]]:
+        if self._mock is not None:
+            return self._call("weights", self._mock.weights)
+        rows = self._call("weights", self.subtensor.weights, self.netuid)
+        result = {}
+        for uid, row in rows:
+            normalised = normalize_row({int(_plain(d)): float(_plain(w)) for d, w in (_plain(row) or [])})
+            if normalised:
+                result[int(_plain(uid))] = normalised
+        return result
+
+    # --- plumbing --------------------------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` under the connection lock; any failure becomes a ChainError."""
+        try:
+            with self._lock:
+                return fn(*args, **kwargs)
+        except ChainError:
+            raise
+        except Exception as e:
+            raise ChainError(f"{what} failed: {type(e).__name__}: {e}") from e
+
+
+def _wallet(signer: Signer) -> Any:
+    """The Wallet to sign extrinsics with; the SDK signs with ``wallet.hotkey``, so a bare Keypair will not do."""
+    if isinstance(signer, Keypair):
+        raise ChainError("SubtensorChain signs through the SDK, which needs the bittensor Wallet, not a Keypair")
+    hotkey_keypair(signer)  # a Wallet whose hotkey is missing or unreadable fails here, clearly
+    return signer
+
+
+def _setting(config: Any, dotted: str) -> Any:
+    """``config.a.b`` of a ``bittensor.Config``, or attribute ``"a.b"`` of an ``argparse.Namespace``."""
+    if isinstance(config, argparse.Namespace):
+        return vars(config).get(dotted)
+    node = config
+    for part in dotted.split("."):
+        node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def _tolist(values: Any) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+class _MockBridge:
+    """The operations ``MockSubtensor`` (bittensor 10.5.0) lacks, done on its own ``chain_state``.
+
+    Layouts used, as the mock itself uses them: ``SubtensorModule.Commits[netuid][block][uid] = str`` (as in
+    ``MockSubtensor.commit``), ``Weights[netuid][uid][block] = [[uid, u16], ...]`` and
+    ``ValidatorPermit[netuid][uid][block] = bool`` (as read by ``MockSubtensor.neurons``).
+    """
+
+    def __init__(self, mock: MockSubtensor, netuid: int):
+        self.mock = mock
+        self.netuid = netuid
+
+    def _state(self, name: str) -> dict:
+        module = self.mock.chain_state["SubtensorModule"]
+        if self.netuid not in module["NetworksAdded"]:
+            raise ChainError(f"subnet {self.netuid} does not exist on the mock chain (MockSubtensor.create_subnet)")
+        return module[name][self.netuid]
+
+    def _uid(self, hotkey: str) -> int:
+        self._state("Uids")  # subnet exists
+        uid = self.mock.query_subtensor("Uids", params=[self.netuid, hotkey]).value
+        if uid is None:
+            raise ChainError(f"hotkey {hotkey} is not registered on netuid {self.netuid}")
+        return uid
+
+    def neurons(self) -> list[Neuron]:
+        self._state("Uids")
+        return [
+            Neuron(n.uid, n.hotkey, float(n.total_stake.tao), bool(n.validator_permit))
+            for n in self.mock.neurons(self.netuid)
+        ]
+
+    def commit(self, hotkey: str, data: str) -> None:
+        uid = self._uid(hotkey)
+        self._state("Commits").setdefault(self.mock.block_number, {})[uid] = data
+
+    def commitments(self) -> dict[str, str]:
+        latest: dict[int, str] = {}
+        for block in sorted(self._state("Commits")):
+            latest.update(self._state("Commits")[block])
+        hotkeys = {n.uid: n.hotkey for n in self.neurons()}
+        return {hotkeys[uid]: data for uid, data in latest.items() if uid in hotkeys}
+
+    def set_weights(self, hotkey: str, uids: list[int], weights: list[float]) -> None:
+        uid = self._uid(hotkey)
+        neurons = {n.uid: n for n in self.neurons()}
+        if not neurons[uid].validator_permit:
+            raise ChainError(f"uid {uid} ({hotkey}) has no validator permit: it cannot set weights")
+        check_weights(uids, weights, len(neurons))
+        # The SDK's own float -> u16 conversion, as set_weights would send.
+        dests, values = convert_and_normalize_weights_and_uids(uids, weights)
+        block = self.mock.block_number
+        self._state("Weights")[uid][block] = [[int(d), int(v)] for d, v in zip(dests, values)]
+        self._state("LastUpdate")[uid][block] = block
+
+    def weights(self) -> dict[int, dict[int, float]]:
+        self._state("Uids")
+        result = {}
+        for n in self.mock.neurons(self.netuid):
+            row = normalize_row({int(d): float(v) for d, v in n.weights})
+            if row:
+                result[n.uid] = row
+        return result
+
+    def timestamp(self, block: int) -> float:
+        # The mock keeps no time. Give blocks the SDK's nominal spacing (BLOCKTIME, 12 s) from an anchor fixed on
+        # first use and kept in the mock's process-wide state, so every adapter on it agrees (reset() clears it).
+        anchor = self.mock.chain_state.setdefault(
+            "_mapreduce_time_anchor", time.time() - self.mock.block_number * BLOCKTIME
+        )
+        return anchor + block * BLOCKTIME
