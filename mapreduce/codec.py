@@ -95,6 +95,18 @@ class Header:
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """A signed object ready to upload: its bytes and its content hash (the root of its sha256 tree)."""
+
+    data: memoryview
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
 class Decoded:
     meta: ObjectMeta
     sha256: str
@@ -130,7 +142,7 @@ def _header_bytes(header: dict) -> bytes:
     return raw + b" " * (-(8 + len(raw)) % 8)
 
 
-def encode(meta: ObjectMeta, tensors: Mapping[str, torch.Tensor], signer: Signer) -> memoryview:
+def encode(meta: ObjectMeta, tensors: Mapping[str, torch.Tensor], signer: Signer) -> Encoded:
     """Serialise ``tensors`` (in order) with ``meta``, hash and sign; returns the whole object as one buffer.
 
     The layout is fixed before any data is copied (every hash field has a fixed length), so each tensor is copied
@@ -189,7 +201,7 @@ def encode(meta: ObjectMeta, tensors: Mapping[str, torch.Tensor], signer: Signer
         raise AssertionError("header length changed while signing")
     struct.pack_into("<Q", view, 0, header_len)
     view[8:data_start] = final
-    return view
+    return Encoded(view, md["sha256"])
 
 
 def _check_prefix(buf: bytes | bytearray | memoryview, size: int, max_bytes: int, max_header: int) -> int:

@@ -23,14 +23,16 @@ from .errors import HashMismatch, Truncated
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
 # Most headers fit in the first read; a larger one costs a second, exact read.
-FIRST_READ = 16 * 1024
+FIRST_READ = 4 * 1024
 
 
 class RangeReader:
     """Reads verified element ranges of one object through ranged fetches; counts the bytes it fetched."""
 
-    def __init__(self, fetch: Fetch, size: int, key: str, expect: Expect):
+    def __init__(self, fetch: Fetch, size: int, key: str, expect: Expect, first_read: int = FIRST_READ):
+        """``first_read``: bytes fetched to find the header; a good guess saves a second request."""
         self._fetch = fetch
+        self._first_read = first_read
         self._size = size
         self._key = key
         self._expect = expect
@@ -49,7 +51,7 @@ class RangeReader:
     async def open(self) -> Header:
         """Fetch and check the header (layout, key, hotkey, signature, expected tensors)."""
         if self.header is None:
-            first = await self._get(0, min(self._size, FIRST_READ))
+            first = await self._get(0, min(self._size, self._first_read))
             if len(first) >= 8:
                 (n,) = struct.unpack_from("<Q", first, 0)
                 if 8 + n > len(first) and n <= self._expect.max_header_bytes and 8 + n <= self._size:

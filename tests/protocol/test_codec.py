@@ -29,16 +29,17 @@ def expect(n: int, dtype: str = "F32", max_bytes: int = 1 << 30) -> Expect:
 @pytest.mark.parametrize("n", [1, 1000, hashtree.CHUNK_BYTES // 4 * hashtree.GROUP_LEAVES * 3 + 17])
 def test_round_trip(dtype: torch.dtype, code: str, n: int) -> None:
     t = torch.randn(n).to(dtype)
-    obj = encode(META, {"data": t}, WRITER)
+    obj = encode(META, {"data": t}, WRITER).data
     d = decode(obj, KEY, expect(n, code))
     assert torch.equal(d.tensors["data"], t)
+    assert d.sha256 == encode(META, {"data": t}, WRITER).sha256
     assert d.meta == META
     assert len(d.sha256) == 64
 
 
 def test_objects_are_standard_safetensors() -> None:
     tensors = {"data": torch.randn(300), "other": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
-    obj = encode(ObjectMeta("run-a", 1, "record", WRITER.hotkey, extra={"note": "x"}), tensors, WRITER)
+    obj = encode(ObjectMeta("run-a", 1, "record", WRITER.hotkey, extra={"note": "x"}), tensors, WRITER).data
     loaded = safetensors.torch.load(bytes(obj))
     assert torch.equal(loaded["data"], tensors["data"]) and torch.equal(loaded["other"], tensors["other"])
     md = json.loads(bytes(obj[8:8 + struct.unpack_from("<Q", obj)[0]]))["__metadata__"]
@@ -46,7 +47,7 @@ def test_objects_are_standard_safetensors() -> None:
 
 
 def test_extra_metadata_is_signed() -> None:
-    obj = bytearray(encode(ObjectMeta("run-a", 1, "record", WRITER.hotkey, extra={"count": "4"}), {}, WRITER))
+    obj = bytearray(encode(ObjectMeta("run-a", 1, "record", WRITER.hotkey, extra={"count": "4"}), {}, WRITER).data)
     i = obj.find(b'"count":"4"')
     obj[i + 9] = ord("5")
     with pytest.raises(errors.BadSignature):
@@ -56,7 +57,7 @@ def test_extra_metadata_is_signed() -> None:
 def _signed_with_header(mutate, n: int = 64, signer: Signer = WRITER, data: bytes | None = None) -> bytes:
     """A correctly signed object whose header was altered by ``mutate`` before signing (a malicious writer)."""
     good = encode(META if signer is WRITER else ObjectMeta("run-a", 7, "in", signer.hotkey, 3),
-                  {"data": torch.randn(n)}, signer)
+                  {"data": torch.randn(n)}, signer).data
     hlen = struct.unpack_from("<Q", good)[0]
     header = json.loads(bytes(good[8:8 + hlen]))
     body = bytes(good[8 + hlen:]) if data is None else data
@@ -67,19 +68,19 @@ def _signed_with_header(mutate, n: int = 64, signer: Signer = WRITER, data: byte
 
 
 def _good(n: int = 64) -> bytearray:
-    return bytearray(encode(META, {"data": torch.randn(n)}, WRITER))
+    return bytearray(encode(META, {"data": torch.randn(n)}, WRITER).data)
 
 
 def _nan_object() -> bytes:
     t = torch.randn(64)
     t[5] = float("nan")
-    return bytes(encode(META, {"data": t}, WRITER))
+    return bytes(encode(META, {"data": t}, WRITER).data)
 
 
 def _inf_object() -> bytes:
     t = torch.randn(64)
     t[9] = float("inf")
-    return bytes(encode(META, {"data": t}, WRITER))
+    return bytes(encode(META, {"data": t}, WRITER).data)
 
 
 def _hash_tampered() -> bytes:
@@ -178,7 +179,7 @@ async def _reader(obj: bytes | memoryview, key: str, exp: Expect) -> RangeReader
 async def test_ranged_reads_equal_slices(dtype: torch.dtype, code: str) -> None:
     n = 1_000_000
     t = torch.randn(n).to(dtype)
-    obj = encode(META, {"data": t}, WRITER)
+    obj = encode(META, {"data": t}, WRITER).data
     reader = await _reader(obj, KEY, expect(n, code))
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
@@ -193,7 +194,7 @@ async def test_ranged_reads_equal_slices(dtype: torch.dtype, code: str) -> None:
 
 async def test_ranged_read_detects_tampered_data() -> None:
     n = 100_000
-    obj = bytearray(encode(META, {"data": torch.randn(n)}, WRITER))
+    obj = bytearray(encode(META, {"data": torch.randn(n)}, WRITER).data)
     hlen = struct.unpack_from("<Q", obj)[0]
     obj[8 + hlen + 4 * 50_000] ^= 0x01  # element 50,000
     reader = await _reader(obj, KEY, expect(n))
@@ -204,7 +205,7 @@ async def test_ranged_read_detects_tampered_data() -> None:
 
 async def test_ranged_read_detects_tampered_leaves() -> None:
     n = 100_000
-    obj = bytearray(encode(META, {"data": torch.randn(n)}, WRITER))
+    obj = bytearray(encode(META, {"data": torch.randn(n)}, WRITER).data)
     obj[-5] ^= 0x01  # the last leaf hash
     reader = await _reader(obj, KEY, expect(n))
     with pytest.raises(errors.HashMismatch):

@@ -1,0 +1,50 @@
+"""``python -m mapreduce <command>``: the local swarm, and the swarm's trainer processes."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mapreduce")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sw = sub.add_parser("swarm", help="run the whole system locally: S3 server, chain, peers, miners, validator")
+    from .swarm.orchestrator import SwarmConfig
+    defaults = SwarmConfig()
+    sw.add_argument("--peers", type=int, default=defaults.peers)
+    sw.add_argument("--miners", type=int, default=defaults.miners)
+    sw.add_argument("--windows", type=int, default=defaults.windows)
+    sw.add_argument("--segments", type=int, default=defaults.segments)
+    sw.add_argument("--redundancy", type=int, default=defaults.redundancy)
+    sw.add_argument("--block-time", type=float, default=defaults.block_time, help="seconds per local block")
+    sw.add_argument("--wire-dtype", choices=["float32", "bfloat16"], default=defaults.wire_dtype)
+    sw.add_argument("--run-dir", type=Path, default=None, help="where the run writes (default runs/<run-id>)")
+
+    pe = sub.add_parser("peer", help="(used by the swarm) one training peer process")
+    pe.add_argument("--run-dir", type=Path, required=True)
+    pe.add_argument("--index", type=int, required=True)
+
+    args = parser.parse_args(argv)
+    if args.command == "swarm":
+        from .swarm.run import run_swarm
+        cfg = SwarmConfig(peers=args.peers, miners=args.miners, windows=args.windows, segments=args.segments,
+                          redundancy=args.redundancy, block_time=args.block_time, wire_dtype=args.wire_dtype,
+                          run_dir=args.run_dir)
+        return run_swarm(cfg)
+    if args.command == "peer":
+        from .swarm.trainer import train
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        for noisy in ("botocore", "aiobotocore", "boto3", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        asyncio.run(train(args.run_dir, args.index))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

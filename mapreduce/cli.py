@@ -1,0 +1,153 @@
+"""Command lines of the miner and the validator: Bittensor's flags plus ours, and the wiring of one process.
+
+``miner.py`` and ``validator.py`` at the top of the repository call :func:`miner_main` and :func:`validator_main`.
+Flags follow Bittensor conventions (``--netuid``, ``--subtensor.network``, ``--wallet.name``, ``--wallet.hotkey``,
+``--logging.debug``); S3 credentials come from the environment or a ``.env`` file, never from flags, so they do
+not show up in process listings or shell history.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import bittensor as bt
+from bittensor_wallet import Wallet
+
+from storage import S3Config, StorageError
+
+from .chain.base import Chain, ChainError
+from .chain.local import LocalChain
+from .chain.subtensor import SubtensorChain
+from .directory import Admission, BucketLocation, CommitmentError
+from .errors import ProtocolError
+from .network import Network, StorePool
+from .signing import Signer
+from .spec import RunSpec
+
+log = logging.getLogger("mapreduce")
+
+
+def build_parser(role: str) -> argparse.ArgumentParser:
+    what = {"miner": "Reduce the segments the plan assigns to this hotkey, every window.",
+            "validator": "Sample and recompute miners' outputs, score them and set weights."}[role]
+    p = argparse.ArgumentParser(prog=f"{role}.py", description=what,
+                                epilog="S3 endpoint and credentials come from MR_S3_* variables or the --env-file "
+                                       "(see .env.example).")
+    p.add_argument("--bucket", required=True, help="this process's S3 bucket (created if missing, published on chain)")
+    p.add_argument("--spec", required=True, help="path of the run spec JSON every participant of the run shares")
+    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+    p.add_argument("--chain.local", dest="chain.local", default=None, metavar="PATH",
+                   help="use the embedded local chain in this SQLite file instead of subtensor (local swarm)")
+    p.add_argument("--windows", type=int, default=0, help="stop after this many windows (default: run forever)")
+    p.add_argument("--whitelist.hotkeys", dest="whitelist.hotkeys", default="", metavar="SS58,...",
+                   help="only these hotkeys take part (default: every hotkey registered on the netuid)")
+    p.add_argument("--blacklist.hotkeys", dest="blacklist.hotkeys", default="", metavar="SS58,...",
+                   help="these hotkeys never take part")
+    if role == "validator":
+        p.add_argument("--state", default=None, metavar="PATH",
+                       help="validator state file (scores, last window); default ~/.mapreduce/validator-<hotkey>.json")
+    SubtensorChain.add_args(p)
+    Wallet.add_args(p)
+    bt.logging.add_args(p)
+    return p
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    debug = getattr(args, "logging.debug", False) or getattr(args, "logging.trace", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "logging.trace", False):
+        for noisy in ("botocore", "aiobotocore", "boto3", "urllib3", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def open_chain(args: argparse.Namespace) -> Chain:
+    local = getattr(args, "chain.local")
+    if local:
+        return LocalChain.open(local)
+    return SubtensorChain.from_config(args)
+
+
+def published_location(role: str, bucket: str, s3: S3Config) -> BucketLocation:
+    """What goes on chain: our bucket, and the endpoint and scoped keys others use (MR_PUBLIC_*)."""
+    return BucketLocation(
+        role=role, bucket=bucket,
+        endpoint=os.environ.get("MR_PUBLIC_ENDPOINT_URL", s3.endpoint_url or ""),
+        access_key_id=os.environ.get("MR_PUBLIC_ACCESS_KEY_ID", ""),
+        secret_access_key=os.environ.get("MR_PUBLIC_SECRET_ACCESS_KEY", ""),
+    )
+
+
+def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
+    wallet = Wallet(name=getattr(args, "wallet.name"), hotkey=getattr(args, "wallet.hotkey"),
+                    path=getattr(args, "wallet.path"))
+    signer = Signer(wallet.hotkey)
+    spec = RunSpec.load(args.spec)
+    s3 = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
+    admission = Admission.parse(getattr(args, "whitelist.hotkeys"), getattr(args, "blacklist.hotkeys"))
+    chain = open_chain(args)
+    net = Network(spec, chain, signer, StorePool(s3), admission=admission, chain_signer=wallet)
+    return net, wallet, s3
+
+
+async def _serve(role: str, args: argparse.Namespace) -> int:
+    from .miner import Miner
+    from .validator import Validator
+
+    net, wallet, s3 = build_network(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    windows = args.windows or None
+    try:
+        directory_role = "miner" if role == "miner" else "validator"
+        location = published_location(directory_role, args.bucket, s3)
+        store = await net.pool.store_for(location)
+        await store.create_bucket(args.bucket)
+        await net.commit(location)
+        log.info("%s %s on run %s, bucket %s, netuid %s", role, net.hotkey, net.spec.run_id, args.bucket,
+                 getattr(net.chain, "netuid", "?"))
+        if role == "miner":
+            worker = Miner(net, args.bucket)
+        else:
+            state = args.state or Path.home() / ".mapreduce" / f"validator-{net.hotkey}.json"
+            worker = Validator(net, args.bucket, state)
+        task = asyncio.create_task(worker.run(windows=windows))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            log.info("stopping at a signal; state is saved after every window")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            stopper.cancel()
+            task.result()
+        return 0
+    except (ChainError, StorageError, CommitmentError, ProtocolError) as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
+    finally:
+        await net.pool.close()
+
+
+def _main(role: str, argv: list[str] | None) -> int:
+    args = build_parser(role).parse_args(argv)
+    setup_logging(args)
+    try:
+        return asyncio.run(_serve(role, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def miner_main(argv: list[str] | None = None) -> int:
+    return _main("miner", argv)
+
+
+def validator_main(argv: list[str] | None = None) -> int:
+    return _main("validator", argv)

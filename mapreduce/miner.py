@@ -1,0 +1,144 @@
+"""The miner: each window, reduce the segments the plan gives it and publish the results on time.
+
+Per window: wait for the upload deadline; for each assigned segment, list the inputs in our bucket, keep the
+valid on-time ones, reduce them in canonical order with fp32 accumulation, and write the signed output, which
+lists every included input (hotkey and content hash) and their count, write-once, before the reduce deadline.
+
+Restart safety comes from the key layout and write-once puts: an output that already exists is never rewritten,
+so a miner killed mid-window and restarted picks up where the chain is, without double counting.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from storage import NotFound, PreconditionFailed, StorageError
+
+from . import keys
+from .codec import ObjectMeta, encode
+from .directory import BucketLocation
+from .inputs import reduce_segment
+from .network import Bucket, Network
+from .plan import Segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    segment_concurrency: int = 2
+    # Inputs downloaded ahead of the one being added; memory is about (lookahead + 1) segments.
+    lookahead: int = 2
+
+
+@dataclass
+class SegmentOutcome:
+    segment: int
+    inputs: int
+    status: str  # "written", "existing" (an earlier run wrote it), "no-inputs", "failed"
+    seconds: float = 0.0
+
+
+@dataclass
+class MinerWindowReport:
+    window: int
+    outcomes: list[SegmentOutcome] = field(default_factory=list)
+    rejected: Counter = field(default_factory=Counter)
+    finished_block: int = 0
+    reduce_deadline: int = 0
+    seconds: float = 0.0
+
+    @property
+    def on_time(self) -> bool:
+        return self.finished_block < self.reduce_deadline
+
+    def line(self) -> str:
+        written = sum(o.status == "written" for o in self.outcomes)
+        inputs = "+".join(str(o.inputs) for o in self.outcomes) or "0"
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items())) or "none"
+        other = [f"s{o.segment}:{o.status}" for o in self.outcomes if o.status != "written"]
+        return (f"window {self.window}: {written}/{len(self.outcomes)} outputs written, inputs {inputs}, "
+                f"rejected {rejected}{', ' + ' '.join(other) if other else ''}, {self.seconds:.2f}s, "
+                f"{'on time' if self.on_time else 'LATE'} (block {self.finished_block}, "
+                f"deadline {self.reduce_deadline})")
+
+
+class Miner:
+    def __init__(self, net: Network, bucket: str, config: MinerConfig = MinerConfig()):
+        self.net = net
+        self.bucket_name = bucket
+        self.config = config
+
+    async def setup(self, location: BucketLocation) -> None:
+        """Create our bucket if needed and publish it on chain."""
+        store = await self.net.pool.store_for(location)
+        await store.create_bucket(self.bucket_name)
+        await self.net.commit(location)
+
+    async def run(self, windows: int | None = None, stop: asyncio.Event | None = None) -> list[MinerWindowReport]:
+        """Serve windows from the current one on; ``windows`` bounds how many (None: until ``stop``)."""
+        reports = []
+        block = await self.net.block()
+        window = self.net.spec.windows.window_of(block)
+        if block >= self.net.phases(window).reduce_deadline:
+            window += 1  # too late for this one: its outputs would not count
+        while (windows is None or len(reports) < windows) and not (stop and stop.is_set()):
+            report = await self.run_window(window)
+            log.info(report.line())
+            reports.append(report)
+            window += 1
+        return reports
+
+    async def run_window(self, window: int) -> MinerWindowReport:
+        phases = self.net.phases(window)
+        report = MinerWindowReport(window, reduce_deadline=phases.reduce_deadline)
+        await self.net.wait_for_block(phases.start_block)
+        plan = await self.net.plan(window)
+        mine = plan.segments_for(self.net.hotkey)
+        await self.net.wait_for_block(phases.upload_deadline)
+        started = time.monotonic()
+        deadline = await self.net.block_timestamp(phases.upload_deadline)
+        bucket = await self.net.bucket(window, self.net.hotkey)
+        sem = asyncio.Semaphore(self.config.segment_concurrency)
+
+        async def one(seg: Segment) -> SegmentOutcome:
+            async with sem:
+                t0 = time.monotonic()
+                outcome = await self._reduce_and_write(window, seg, bucket, deadline, report.rejected)
+                outcome.seconds = time.monotonic() - t0
+                return outcome
+
+        report.outcomes = sorted(await asyncio.gather(*(one(s) for s in mine)), key=lambda o: o.segment)
+        report.seconds = time.monotonic() - started
+        report.finished_block = await self.net.block()
+        return report
+
+    async def _reduce_and_write(self, window: int, seg: Segment, bucket: Bucket, deadline: float,
+                                rejected: Counter) -> SegmentOutcome:
+        spec = self.net.spec
+        key = str(keys.output_key(spec.run_id, window, seg.index, self.net.hotkey))
+        try:
+            await bucket.store.head(bucket.name, key)
+            return SegmentOutcome(seg.index, 0, "existing")  # written before a restart; write-once
+        except NotFound:
+            pass
+        try:
+            acc = await reduce_segment(self.net, window, seg, bucket, deadline, rejected, self.config.lookahead)
+            if not acc.count:
+                return SegmentOutcome(seg.index, 0, "no-inputs")
+            mean = acc.mean(spec.torch_wire_dtype)
+            inputs = [[h, s] for h, s in zip(acc.hotkeys, acc.hashes)]
+            meta = ObjectMeta(spec.run_id, window, "out", self.net.hotkey, seg.index,
+                              extra={"inputs": json.dumps(inputs, separators=(",", ":")), "count": str(acc.count)})
+            obj = await asyncio.to_thread(encode, meta, {"data": mean}, self.net.signer)
+            await bucket.store.put(bucket.name, key, obj.data, if_none_match=True)
+            return SegmentOutcome(seg.index, acc.count, "written")
+        except PreconditionFailed:
+            return SegmentOutcome(seg.index, 0, "existing")
+        except StorageError as e:
+            log.error("window %d segment %d: could not reduce or write: %s", window, seg.index, e)
+            return SegmentOutcome(seg.index, 0, "failed")

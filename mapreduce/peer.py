@@ -1,0 +1,285 @@
+"""The peer: upload gradient segments, get back the average. What a training loop calls.
+
+One window, seen from a peer::
+
+    upload phase   split the flat gradient by the plan; sign each segment; write it (write-once) to the bucket of
+                   every miner holding that segment; write a signed record of what went where to our own bucket
+    reduce phase   poll each segment's replicas; take the first valid output that includes our input (else the
+                   first valid output); after the reduce deadline, a segment with no valid replica is reduced by
+                   the peer itself from the inputs, or left as our own gradient (``PeerConfig.fallback``)
+
+:meth:`Peer.allreduce` does all of it for named tensors::
+
+    result = await peer.allreduce({n: p.grad for n, p in model.named_parameters()})
+    for n, p in model.named_parameters():
+        p.grad.copy_(result.tensors[n])
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from storage import NotFound, ObjectTooLarge, PreconditionFailed, StorageError
+
+from . import keys
+from .codec import Encoded, ObjectMeta, check_finite, decode, encode
+from .errors import Late, MetadataMismatch, ProtocolError
+from .flat import flatten, unflatten
+from .inputs import reduce_segment
+from .network import Network
+from .plan import Plan, Segment
+from .windows import on_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    concurrency: int = 8
+    poll_interval: float = 0.1
+    # "reduce": fetch the inputs and reduce a failed segment ourselves; "own": keep our own gradient for it.
+    fallback: str = "reduce"
+    # Start a window only with at least this many blocks of its upload phase left; else wait for the next one.
+    upload_margin_blocks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.fallback not in ("reduce", "own"):
+            raise ValueError("fallback must be 'reduce' or 'own'")
+
+
+@dataclass
+class UploadReceipt:
+    window: int
+    sha256: dict[int, str]  # segment -> content hash of our input
+    stored_at: dict[int, list[str]]  # segment -> miners whose bucket accepted it
+    failed: dict[int, list[str]]  # segment -> miners whose bucket did not
+    bytes_uploaded: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    segment: int
+    source: str  # "replica", "self-reduced" or "own"
+    miner: str | None
+    count: int  # inputs in the average
+    included_self: bool
+
+
+@dataclass
+class AllReduceResult:
+    window: int
+    flat: torch.Tensor
+    tensors: dict[str, torch.Tensor]
+    segments: list[SegmentResult]
+    receipt: UploadReceipt
+    bytes_downloaded: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def fallbacks(self) -> list[SegmentResult]:
+        return [s for s in self.segments if s.source != "replica"]
+
+    @property
+    def peers_included(self) -> int:
+        return min((s.count for s in self.segments), default=0)
+
+
+class Peer:
+    """A trainer taking part in a run. ``bucket`` is the peer's own bucket, for its upload records."""
+
+    def __init__(self, net: Network, bucket: str, config: PeerConfig = PeerConfig()):
+        self.net = net
+        self.bucket = bucket
+        self.config = config
+        self._sem = asyncio.Semaphore(config.concurrency)
+
+    @property
+    def hotkey(self) -> str:
+        return self.net.hotkey
+
+    # -- windows -------------------------------------------------------------------------------------------------
+
+    async def next_window(self) -> int:
+        """The window whose upload phase still has room for us; waits for its first block."""
+        block = await self.net.block()
+        window = self.net.spec.windows.window_of(block)
+        if block >= self.net.phases(window).upload_deadline - self.config.upload_margin_blocks:
+            window += 1
+        await self.net.wait_for_block(self.net.phases(window).start_block)
+        return window
+
+    async def allreduce(self, tensors: Mapping[str, torch.Tensor], window: int | None = None) -> AllReduceResult:
+        """Average ``tensors`` (named as in the run spec) with every peer of the next window."""
+        started = time.monotonic()
+        flat = flatten(self.net.spec, tensors)
+        if window is None:
+            window = await self.next_window()
+        receipt = await self.upload(window, flat)
+        result = await self.download(window, receipt, flat)
+        result.seconds = time.monotonic() - started
+        return result
+
+    # -- upload --------------------------------------------------------------------------------------------------
+
+    async def upload(self, window: int, flat: torch.Tensor) -> UploadReceipt:
+        check_finite("gradient", flat)  # never ship NaN: every miner would (rightly) reject it
+        plan = await self.net.plan(window)
+        receipt = UploadReceipt(window, {}, {}, {})
+        await asyncio.gather(*(self._upload_segment(plan, s, flat, receipt) for s in plan.segments))
+        await self._write_record(receipt)
+        return receipt
+
+    async def _upload_segment(self, plan: Plan, seg: Segment, flat: torch.Tensor, receipt: UploadReceipt) -> None:
+        spec = self.net.spec
+        async with self._sem:
+            piece = flat[seg.start:seg.end].to(spec.torch_wire_dtype)
+            meta = ObjectMeta(spec.run_id, plan.window, "in", self.hotkey, seg.index)
+            obj: Encoded = await asyncio.to_thread(encode, meta, {"data": piece}, self.net.signer)
+        receipt.sha256[seg.index] = obj.sha256
+        key = str(meta.key)
+
+        async def put(miner: str) -> None:
+            async with self._sem:
+                try:
+                    bucket = await self.net.bucket(plan.window, miner)
+                    await bucket.store.put(bucket.name, key, obj.data, if_none_match=True)
+                    receipt.bytes_uploaded += obj.size
+                except PreconditionFailed:
+                    pass  # written by an earlier attempt of ours (write-once): it is there
+                except (StorageError, KeyError) as e:
+                    log.warning("window %d segment %d: upload to miner %s failed: %s", plan.window, seg.index,
+                                miner[:10], e)
+                    receipt.failed.setdefault(seg.index, []).append(miner)
+                    return
+                receipt.stored_at.setdefault(seg.index, []).append(miner)
+
+        await asyncio.gather(*(put(m) for m in plan.miners_for(seg.index)))
+
+    async def _write_record(self, receipt: UploadReceipt) -> None:
+        """The signed record of what we uploaded where: a miner cannot drop our input without a trace."""
+        uploads = [[s, receipt.sha256[s], sorted(receipt.stored_at.get(s, []))] for s in sorted(receipt.sha256)]
+        meta = ObjectMeta(self.net.spec.run_id, receipt.window, "record", self.hotkey,
+                          extra={"uploads": json.dumps(uploads, separators=(",", ":"))})
+        obj = encode(meta, {}, self.net.signer)
+        bucket = await self.net.bucket(receipt.window, self.hotkey)
+        try:
+            await bucket.store.put(bucket.name, str(meta.key), obj.data, if_none_match=True)
+        except PreconditionFailed:
+            pass
+        except StorageError as e:
+            log.warning("window %d: could not write the upload record: %s", receipt.window, e)
+
+    # -- download ------------------------------------------------------------------------------------------------
+
+    async def download(self, window: int, receipt: UploadReceipt, own: torch.Tensor) -> AllReduceResult:
+        plan = await self.net.plan(window)
+        result = AllReduceResult(window, torch.empty(self.net.spec.numel), {}, [], receipt)
+        segments = await asyncio.gather(*(self._download_segment(plan, s, receipt, own, result)
+                                          for s in plan.segments))
+        result.segments = sorted(segments, key=lambda r: r.segment)
+        result.tensors = unflatten(self.net.spec, result.flat)
+        return result
+
+    async def _download_segment(self, plan: Plan, seg: Segment, receipt: UploadReceipt, own: torch.Tensor,
+                                result: AllReduceResult) -> SegmentResult:
+        phases = self.net.phases(plan.window)
+        replicas = list(plan.miners_for(seg.index))
+        settled: set[str] = set()
+        fallback: tuple[str, torch.Tensor, int] | None = None  # a valid output that left our input out
+        while True:
+            past_deadline = await self.net.block() >= phases.reduce_deadline
+            for miner in replicas:
+                if miner in settled:
+                    continue
+                got = await self._fetch_output(plan, seg, miner, past_deadline, result)
+                if got is None:
+                    continue  # not there yet
+                settled.add(miner)
+                if got is False:
+                    continue  # there, but invalid
+                values, inputs = got
+                ours = receipt.sha256.get(seg.index)
+                included = [self.hotkey, ours] in inputs
+                if included or miner not in receipt.stored_at.get(seg.index, []):
+                    result.flat[seg.start:seg.end] = values
+                    return SegmentResult(seg.index, "replica", miner, len(inputs), included)
+                log.warning("window %d segment %d: miner %s left our input out", plan.window, seg.index, miner[:10])
+                fallback = fallback or (miner, values, len(inputs))
+            if past_deadline or len(settled) == len(replicas):
+                break
+            await asyncio.sleep(self.config.poll_interval)
+        if fallback is not None:
+            miner, values, count = fallback
+            result.flat[seg.start:seg.end] = values
+            return SegmentResult(seg.index, "replica", miner, count, False)
+        return await self._finish_alone(plan, seg, own, result)
+
+    async def _fetch_output(self, plan: Plan, seg: Segment, miner: str, past_deadline: bool,
+                            result: AllReduceResult):
+        """``None`` if absent, ``False`` if invalid, else ``(values, inputs)``."""
+        key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
+        expect = self.net.segment_expect(seg, allowed=lambda h: h == miner)
+        phases = self.net.phases(plan.window)
+        async with self._sem:
+            try:
+                bucket = await self.net.bucket(plan.window, miner)
+                info = await bucket.store.head(bucket.name, key)
+                if past_deadline:
+                    deadline = await self.net.block_timestamp(phases.reduce_deadline)
+                    if not on_time(info.last_modified.timestamp(), deadline, self.net.spec.windows.clock_skew_seconds):
+                        raise Late(f"output written {info.last_modified.timestamp() - deadline:.1f}s after the deadline")
+                data = await bucket.store.get(bucket.name, key, max_bytes=expect.max_bytes, if_match=info.etag)
+                result.bytes_downloaded += len(data)
+                decoded = await asyncio.to_thread(decode, data, key, expect)
+                inputs = json.loads(decoded.meta.extra.get("inputs", "null"))
+                if (not isinstance(inputs, list) or not inputs
+                        or int(decoded.meta.extra.get("count", -1)) != len(inputs)):
+                    raise MetadataMismatch("output does not list its inputs and count")
+                return decoded.tensors["data"].float(), inputs
+            except NotFound:
+                return None
+            except (ProtocolError, ObjectTooLarge, ValueError) as e:
+                reason = getattr(e, "reason", "oversized" if isinstance(e, ObjectTooLarge) else "malformed_header")
+                result.rejected[reason] += 1
+                log.warning("window %d segment %d: output of miner %s rejected (%s): %s", plan.window, seg.index,
+                            miner[:10], reason, e)
+                return False
+            except (StorageError, KeyError) as e:
+                if past_deadline:
+                    result.rejected["unreachable"] += 1
+                    log.warning("window %d segment %d: miner %s unreachable: %s", plan.window, seg.index,
+                                miner[:10], e)
+                    return False
+                return None
+
+    async def _finish_alone(self, plan: Plan, seg: Segment, own: torch.Tensor,
+                            result: AllReduceResult) -> SegmentResult:
+        if self.config.fallback == "reduce":
+            deadline = await self.net.block_timestamp(self.net.phases(plan.window).upload_deadline)
+            for miner in plan.miners_for(seg.index):
+                try:
+                    bucket = await self.net.bucket(plan.window, miner)
+                    acc = await reduce_segment(self.net, plan.window, seg, bucket, deadline, result.rejected)
+                except (StorageError, KeyError) as e:
+                    log.warning("window %d segment %d: inputs at %s unreachable: %s", plan.window, seg.index,
+                                miner[:10], e)
+                    continue
+                if acc.count:
+                    included = self.hotkey in acc.hotkeys
+                    result.flat[seg.start:seg.end] = acc.mean(self.net.spec.torch_wire_dtype).float()
+                    log.warning("window %d segment %d: no valid replica; reduced it ourselves from %d inputs",
+                                plan.window, seg.index, acc.count)
+                    return SegmentResult(seg.index, "self-reduced", None, acc.count, included)
+        log.warning("window %d segment %d: no valid replica and no inputs; keeping our own gradient",
+                    plan.window, seg.index)
+        result.flat[seg.start:seg.end] = own[seg.start:seg.end].to(self.net.spec.torch_wire_dtype).float()
+        return SegmentResult(seg.index, "own", None, 1, True)
+

@@ -1,0 +1,223 @@
+"""Start the whole system on one machine, run it for a few windows, print what happened, check it was right.
+
+Processes: the embedded S3 server (moto, a subprocess on 127.0.0.1), the local chain (a SQLite file every process
+opens), ``miner.py`` x M, ``validator.py`` x 1 and trainer peers x N. Everything a run writes goes under
+``runs/<run-id>/``: the spec, the chain file, wallets, each process's log, each peer's gradients.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import boto3
+import safetensors.torch
+import torch
+
+from storage import EmbeddedS3
+
+from ..chain.local import LocalChain
+from ..signing import Signer
+from ..spec import RunSpec
+from ..windows import WindowConfig
+from .model import make_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class SwarmConfig:
+    peers: int = 4
+    miners: int = 3
+    windows: int = 5
+    block_time: float = 0.5
+    blocks_per_window: int = 10
+    upload_blocks: int = 4
+    reduce_blocks: int = 4
+    segments: int = 6
+    redundancy: int = 2
+    wire_dtype: str = "float32"
+    fallback: str = "reduce"
+    lr: float = 0.01
+    batch: int = 256
+    model: dict = field(default_factory=lambda: {"dim": 32, "hidden": 128, "classes": 10})
+    run_dir: Path | None = None
+    timeout: float = 300.0
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+class Swarm:
+    def __init__(self, cfg: SwarmConfig):
+        self.cfg = cfg
+        self.run_id = f"swarm-{int(time.time())}"
+        self.dir = Path(cfg.run_dir or ROOT / "runs" / self.run_id).resolve()
+        self.procs: list[Proc] = []
+
+    # -- set-up ------------------------------------------------------------------------------------------------------
+
+    def _identities(self) -> dict:
+        def ident(role: str, i: int) -> dict:
+            uri = f"//{self.run_id}/{role}/{i}"
+            return {"uri": uri, "hotkey": Signer.from_uri(uri).hotkey, "bucket": f"{self.run_id}-{role}-{i}"}
+        return {"miners": [ident("miner", i) for i in range(self.cfg.miners)],
+                "validators": [ident("validator", 0)],
+                "peers": [ident("peer", i) for i in range(self.cfg.peers)]}
+
+    def _write_wallet(self, name: str, uri: str) -> None:
+        from bittensor_wallet import Keypair, Wallet
+        w = Wallet(name=name, hotkey="default", path=str(self.dir / "wallets"))
+        kp = Keypair.create_from_uri(uri)
+        w.set_hotkey(kp, encrypt=False, overwrite=True)
+        w.set_coldkeypub(kp, overwrite=True)
+
+    def prepare(self) -> RunSpec:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        model = make_model(**self.cfg.model)
+        spec = RunSpec.for_module(
+            self.run_id, model.named_parameters(), segments=self.cfg.segments, redundancy=self.cfg.redundancy,
+            wire_dtype=self.cfg.wire_dtype,
+            windows=WindowConfig(self.cfg.blocks_per_window, self.cfg.upload_blocks, self.cfg.reduce_blocks))
+        spec.save(self.dir / "spec.json")
+        ids = self._identities()
+        chain = LocalChain.create(self.dir / "chain.sqlite", netuid=1, block_time=self.cfg.block_time)
+        for m in ids["miners"]:
+            chain.register(m["hotkey"])
+        for v in ids["validators"]:
+            chain.register(v["hotkey"], stake=1000.0, validator_permit=True)
+        for p in ids["peers"]:
+            chain.register(p["hotkey"])
+        for i, m in enumerate(ids["miners"]):
+            self._write_wallet(f"miner{i}", m["uri"])
+        self._write_wallet("validator0", ids["validators"][0]["uri"])
+        config = {**asdict(self.cfg), **ids, "run_dir": str(self.dir)}
+        (self.dir / "swarm.json").write_text(json.dumps(config, indent=1))
+        self.ids = ids
+        self.spec = spec
+        return spec
+
+    def _spawn(self, name: str, argv: list[str], env: dict) -> Proc:
+        log = self.dir / "logs" / f"{name}.log"
+        f = open(log, "w")
+        popen = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start(self, s3: EmbeddedS3) -> None:
+        env = {**os.environ, "MR_S3_ENDPOINT_URL": s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
+               "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_REGION": "us-east-1", "MR_S3_ADDRESSING_STYLE": "path",
+               "PYTHONUNBUFFERED": "1"}
+        common = ["--spec", str(self.dir / "spec.json"), "--chain.local", str(self.dir / "chain.sqlite"),
+                  "--netuid", "1", "--wallet.path", str(self.dir / "wallets"), "--wallet.hotkey", "default",
+                  "--env-file", str(self.dir / "no.env")]
+        for i, m in enumerate(self.ids["miners"]):
+            self._spawn(f"miner-{i}", ["miner.py", "--bucket", m["bucket"], "--wallet.name", f"miner{i}", *common],
+                        env)
+        v = self.ids["validators"][0]
+        self._spawn("validator-0", ["validator.py", "--bucket", v["bucket"], "--wallet.name", "validator0",
+                                    "--state", str(self.dir / "validator-state.json"), *common], env)
+        for i in range(self.cfg.peers):
+            self._spawn(f"peer-{i}", ["-m", "mapreduce", "peer", "--run-dir", str(self.dir), "--index", str(i)], env)
+
+    def wait_ready(self, chain: LocalChain, timeout: float = 120.0) -> int:
+        """Wait until every process has published its bucket, then fix the first window for the peers."""
+        wanted = {x["hotkey"] for group in ("miners", "validators", "peers") for x in self.ids[group]}
+        deadline = time.monotonic() + timeout
+        while not wanted <= set(chain.commitments()):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes not ready after {timeout:.0f}s; see {self.dir / 'logs'}")
+            time.sleep(0.2)
+        # The next window whose start is at least one block away: everyone is up before its plan is drawn.
+        first = self.spec.windows.window_of(chain.current_block() + 1) + 1
+        (self.dir / "start_window").write_text(str(first))
+        return first
+
+    def _check_alive(self, names: tuple[str, ...] = ("miner", "validator", "peer")) -> None:
+        for p in self.procs:
+            if p.name.startswith(names) and p.popen.poll() is not None and p.popen.returncode != 0:
+                tail = p.log.read_text()[-2000:]
+                raise RuntimeError(f"{p.name} exited with {p.popen.returncode}:\n{tail}")
+
+    def wait_done(self, s3: EmbeddedS3, first: int, timeout: float) -> dict[int, dict]:
+        """Wait for the peers to finish and the validator's report of the last window; return the reports."""
+        deadline = time.monotonic() + timeout
+        last = first + self.cfg.windows - 1
+        client = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        v = self.ids["validators"][0]
+        reports: dict[int, dict] = {}
+        while time.monotonic() < deadline:
+            self._check_alive()
+            peers_done = all(p.popen.poll() is not None for p in self.procs if p.name.startswith("peer"))
+            for w in range(first, last + 1):
+                if w not in reports:
+                    key = f"{self.run_id}/w{w:08d}/report/{v['hotkey']}"
+                    try:
+                        reports[w] = json.loads(client.get_object(Bucket=v["bucket"], Key=key)["Body"].read())
+                    except client.exceptions.NoSuchKey:
+                        pass
+            if peers_done and last in reports:
+                return reports
+            time.sleep(0.5)
+        raise RuntimeError(f"swarm did not finish within {timeout:.0f}s; see {self.dir / 'logs'}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.popen.poll() is None:
+                os.killpg(p.popen.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.popen.pid, signal.SIGKILL)
+                p.popen.wait()
+
+    # -- results -----------------------------------------------------------------------------------------------------
+
+    def peer_windows(self) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        for i in range(self.cfg.peers):
+            path = self.dir / "peers" / f"p{i}" / "windows.jsonl"
+            for line in path.read_text().splitlines() if path.exists() else []:
+                d = json.loads(line)
+                d["peer"] = i
+                out.setdefault(d["window"], []).append(d)
+        return out
+
+    def reference_check(self, window: int) -> tuple[float, float]:
+        """(largest |peer average - reference mean|, tolerance) over every peer, for one window."""
+        grads = [safetensors.torch.load_file(self.dir / "peers" / f"p{i}" / f"w{window}.safetensors")
+                 for i in range(self.cfg.peers)]
+        local = torch.stack([g["local"].double() for g in grads])
+        reference = local.mean(0)
+        worst = max(float((g["averaged"].double() - reference).abs().max()) for g in grads)
+        return worst, tolerance(local, self.cfg.wire_dtype)
+
+
+def tolerance(local: torch.Tensor, wire_dtype: str) -> float:
+    """The stated bound: fp32 accumulation of P inputs in a fixed order, plus rounding to the wire dtype.
+
+    Each of the P additions rounds once in fp32 (relative 2^-24) on a partial sum no larger than P * max|g|, so
+    the sum is off by at most P^2 * 2^-24 * max|g| and the mean by P * 2^-24 * max|g|; the division and the cast
+    to fp32 add 2^-24 * max|g|. With a bf16 wire, inputs and output are each rounded to bf16 (2^-8 relative).
+    """
+    p = local.shape[0]
+    scale = float(local.abs().max())
+    bound = (p + 1) * 2.0 ** -24 * scale
+    if wire_dtype == "bfloat16":
+        bound += 2 * 2.0 ** -8 * scale
+    return bound

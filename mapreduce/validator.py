@@ -1,0 +1,351 @@
+"""The validator: watch each window, sample the miners' outputs after the deadline, recompute, score, set weights.
+
+Per window:
+
+1. **Observe** (upload deadline to reduce deadline): list every miner's inputs right at the upload deadline (what
+   the miner must include), then poll for outputs and note when each first appears, by our own clock: the latency
+   is observed independently of the miner, and an output we never saw before the deadline is missing.
+2. **Check** (after the reduce deadline): the sampling seed is the reduce deadline block's hash, which did not
+   exist while miners worked. For each sampled (miner, segment) read the output's header and a few element ranges
+   with ranged GETs, read the same ranges of every input it lists, recompute the mean in canonical order, and
+   compare. Headers of the expected inputs are checked too; nothing is downloaded whole.
+3. **Score** (:mod:`mapreduce.scoring`), persist state, write a JSON report to our bucket, set weights every
+   ``weights_every`` windows.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from storage import NotFound, ObjectInfo, StorageError
+
+from . import hashtree, keys
+from .errors import InvalidObject, Late, MetadataMismatch
+from .keys import ObjectKey
+from .network import Bucket, Network
+from .partial import RangeReader
+from .plan import Plan, Segment
+from .reduce import reduce_slices
+from .scoring import Scoreboard, ScoringConfig, SegmentCheck, segment_score
+from .windows import on_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    segments_per_miner: int = 2
+    ranges_per_segment: int = 2
+    range_elements: int = 1024
+    poll_interval: float = 0.25
+    concurrency: int = 8
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+
+@dataclass
+class Observation:
+    """What we saw of one window while it ran."""
+
+    inputs: dict[tuple[str, int], dict[str, ObjectInfo]] = field(default_factory=dict)  # (miner, seg) -> peer -> info
+    first_seen: dict[tuple[str, int], float] = field(default_factory=dict)  # (miner, seg) -> unix time
+    etags: dict[tuple[str, int], str] = field(default_factory=dict)
+    upload_deadline_time: float = 0.0
+    reduce_deadline_time: float = 0.0
+
+
+@dataclass
+class WindowReport:
+    window: int
+    validator: str
+    checks: list[SegmentCheck]
+    scores: dict[str, float]
+    ema: dict[str, float]
+    weights_set: bool = False
+    bytes_fetched: int = 0
+    output_bytes_checked: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    def table(self) -> str:
+        lines = [f"window {self.window}: {len(self.checks)} checks, fetched {self.bytes_fetched} B for "
+                 f"{self.output_bytes_checked} B of outputs"
+                 + (f" ({100 * self.bytes_fetched / self.output_bytes_checked:.2f}%)" if self.output_bytes_checked
+                    else ""),
+                 f"  {'miner':12} {'seg':>4} {'status':8} {'diff':>9} {'inputs':>7} {'latency':>8} {'score':>6}"]
+        for c in sorted(self.checks, key=lambda c: (c.miner, c.segment)):
+            diff = "-" if c.difference is None else f"{c.difference:.2e}"
+            lat = "-" if c.latency is None else f"{c.latency:.2f}s"
+            lines.append(f"  {c.miner[:12]:12} {c.segment:>4} {c.status:8} {diff:>9} "
+                         f"{c.included_expected}/{c.expected:<5} {lat:>8} {c.score:6.3f}"
+                         + (f"  {c.reason}" if c.reason else ""))
+        for h in sorted(self.scores):
+            lines.append(f"  score {h[:12]} window {self.scores[h]:.3f} ema {self.ema.get(h, 0):.3f}")
+        return "\n".join(lines)
+
+
+class Validator:
+    def __init__(self, net: Network, bucket: str, state_path: str | Path, config: ValidatorConfig = ValidatorConfig()):
+        self.net = net
+        self.bucket_name = bucket
+        self.state_path = Path(state_path)
+        self.config = config
+        self.board = Scoreboard.load(self.state_path)
+        self._sem = asyncio.Semaphore(config.concurrency)
+
+    async def run(self, windows: int | None = None, stop: asyncio.Event | None = None) -> list[WindowReport]:
+        """Validate windows from the next one we can fully observe; windows overlap, scores apply in order."""
+        reports: list[WindowReport] = []
+        block = await self.net.block()
+        window = self.net.spec.windows.window_of(block)
+        if block >= self.net.phases(window).upload_deadline:
+            window += 1  # we could not list this window's inputs at its deadline: do not judge it
+        window = max(window, self.board.last_window + 1)
+        pending: list[asyncio.Task] = []
+        while windows is None or len(reports) + len(pending) < windows:
+            if stop and stop.is_set():
+                break
+            await self.net.wait_for_block(self.net.phases(window).start_block)
+            pending.append(asyncio.create_task(self.validate_window(window)))
+            window += 1
+            # Apply finished windows in order; keep at most two in flight (this one's checks overlap the next's
+            # observation phase).
+            while pending and (pending[0].done() or len(pending) > 2):
+                reports.append(await pending.pop(0))
+        for task in pending:
+            reports.append(await task)
+        return reports
+
+    async def validate_window(self, window: int) -> WindowReport:
+        plan = await self.net.plan(window)
+        observation = await self.observe(plan)
+        checks, fetched, checked_bytes, rejected = await self.check(plan, observation)
+        return await self.score(plan, checks, fetched, checked_bytes, rejected)
+
+    # -- 1. observe --------------------------------------------------------------------------------------------------
+
+    async def observe(self, plan: Plan) -> Observation:
+        phases = self.net.phases(plan.window)
+        obs = Observation()
+        await self.net.wait_for_block(phases.upload_deadline)
+        obs.upload_deadline_time = await self.net.block_timestamp(phases.upload_deadline)
+        await asyncio.gather(*(self._list_window(plan, m, obs, inputs=True) for m in plan.miners))
+        while True:
+            past = await self.net.block() >= phases.reduce_deadline
+            await asyncio.gather(*(self._list_window(plan, m, obs, inputs=False) for m in plan.miners))
+            if past:
+                break
+            await asyncio.sleep(self.config.poll_interval)
+        obs.reduce_deadline_time = await self.net.block_timestamp(phases.reduce_deadline)
+        return obs
+
+    async def _list_window(self, plan: Plan, miner: str, obs: Observation, inputs: bool) -> None:
+        now = time.time()
+        try:
+            bucket = await self.net.bucket(plan.window, miner)
+            listing = await bucket.store.list(bucket.name, keys.window_prefix(self.net.spec.run_id, plan.window))
+        except (StorageError, KeyError) as e:
+            log.info("window %d: cannot list miner %s: %s", plan.window, miner[:10], e)
+            return
+        for info in listing:
+            try:
+                k = ObjectKey.parse(info.key)
+            except InvalidObject:
+                continue
+            slot = (miner, k.segment)
+            if inputs and k.role == "in":
+                obs.inputs.setdefault(slot, {})[k.hotkey] = info
+            elif not inputs and k.role == "out" and k.hotkey == miner and slot not in obs.first_seen:
+                obs.first_seen[slot] = now
+                obs.etags[slot] = info.etag
+
+    # -- 2. check ----------------------------------------------------------------------------------------------------
+
+    async def check(self, plan: Plan, obs: Observation):
+        rng = random.Random(await self.net.sample_seed(plan.window))
+        cfg = self.config
+        slots = []
+        for miner in plan.miners:
+            segs = list(plan.segments_for(miner))
+            for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
+                n = min(cfg.range_elements, seg.numel)
+                starts = sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(cfg.ranges_per_segment))
+                slots.append((miner, seg, [(s, s + n) for s in starts]))
+        rejected: Counter = Counter()
+        stats = {"fetched": 0, "checked": 0}
+        checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats)
+                                        for m, seg, ranges in slots))
+        return [c for c in checks if c is not None], stats["fetched"], stats["checked"], rejected
+
+    async def _check_slot(self, plan: Plan, obs: Observation, miner: str, seg: Segment,
+                          ranges: list[tuple[int, int]], rejected: Counter, stats: dict) -> SegmentCheck | None:
+        async with self._sem:
+            check = SegmentCheck(miner, seg.index, "ok")
+            readers: dict[str, RangeReader] = {}  # one per object: headers are fetched once
+            try:
+                bucket = await self.net.bucket(plan.window, miner)
+                expected = await self._expected_inputs(plan, obs, miner, seg, bucket, readers, rejected)
+                check.expected = len(expected)
+                slot = (miner, seg.index)
+                if slot not in obs.first_seen:
+                    if not expected:
+                        return None  # nothing to reduce, nothing to judge
+                    check.status, check.reason = "missing", "no output by the reduce deadline"
+                    return self._scored(check, obs)
+                check.latency = obs.first_seen[slot] - obs.upload_deadline_time
+                await self._compare(plan, obs, miner, seg, bucket, ranges, expected, check, readers, stats)
+            except NotFound as e:
+                check.status, check.reason = "invalid", f"object vanished: {e}"
+            except InvalidObject as e:
+                rejected[e.reason] += 1
+                check.status = "wrong" if check.status == "wrong" else "invalid"
+                check.reason = check.reason or f"{e.reason}: {e}"
+            except StorageError as e:
+                check.status, check.reason = "invalid", f"unreadable: {e}"
+            finally:
+                stats["fetched"] += sum(r.bytes_fetched for r in readers.values())
+            return self._scored(check, obs)
+
+    def _scored(self, check: SegmentCheck, obs: Observation) -> SegmentCheck:
+        reduce_seconds = obs.reduce_deadline_time - obs.upload_deadline_time
+        check.score = segment_score(check, self.config.scoring, reduce_seconds)
+        return check
+
+    async def _expected_inputs(self, plan: Plan, obs: Observation, miner: str, seg: Segment, bucket: Bucket,
+                               readers: dict[str, RangeReader], rejected: Counter) -> dict[str, str]:
+        """Peer -> content hash of every valid, on-time input the miner had at the upload deadline."""
+        directory = await self.net.directory(plan.window)
+        skew = self.net.spec.windows.clock_skew_seconds
+        out = {}
+        for peer, info in sorted(obs.inputs.get((miner, seg.index), {}).items()):
+            if not on_time(info.last_modified.timestamp(), obs.upload_deadline_time, skew):
+                continue
+            reader = self._reader(bucket, info, seg, directory.is_peer, readers)
+            try:
+                out[peer] = (await reader.open()).sha256
+            except InvalidObject as e:
+                rejected[e.reason] += 1  # the miner is right to leave it out
+        return out
+
+    def _reader(self, bucket: Bucket, info: ObjectInfo, seg: Segment, allowed,
+                readers: dict[str, RangeReader]) -> RangeReader:
+        if info.key in readers:
+            return readers[info.key]
+
+        async def fetch(start: int, end: int) -> bytes:
+            return await bucket.store.get_range(bucket.name, info.key, start, end, if_match=info.etag)
+        # A header is ~1 KiB plus 64 hex characters per 1 MiB of data and ~120 bytes per listed input.
+        guess = 2048 + 64 * hashtree.group_count(hashtree.leaf_count(info.size)) + 128 * len(readers) + 4096
+        reader = RangeReader(fetch, info.size, info.key, self.net.segment_expect(seg, allowed), first_read=guess)
+        readers[info.key] = reader
+        return reader
+
+    async def _compare(self, plan: Plan, obs: Observation, miner: str, seg: Segment, bucket: Bucket,
+                       ranges: list[tuple[int, int]], expected: dict[str, str], check: SegmentCheck,
+                       readers: dict[str, RangeReader], stats: dict) -> None:
+        key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
+        info = await bucket.store.head(bucket.name, key)
+        if info.etag != obs.etags[(miner, seg.index)]:
+            raise MetadataMismatch("output was overwritten after we first saw it")
+        if not on_time(info.last_modified.timestamp(), obs.reduce_deadline_time,
+                       self.net.spec.windows.clock_skew_seconds):
+            raise Late("output written after the reduce deadline")
+        out_reader = self._reader(bucket, info, seg, lambda h: h == miner, readers)
+        header = await out_reader.open()
+        stats["checked"] += info.size
+        inputs = json.loads(header.meta.extra.get("inputs", "null"))
+        if (not isinstance(inputs, list) or not inputs or int(header.meta.extra.get("count", -1)) != len(inputs)
+                or not all(isinstance(i, list) and len(i) == 2 for i in inputs)):
+            raise MetadataMismatch("output does not list its inputs and count")
+        hotkeys = [h for h, _ in inputs]
+        if hotkeys != sorted(set(hotkeys)):
+            raise MetadataMismatch("inputs are not in canonical order, or repeat")
+        check.included = len(inputs)
+        check.included_expected = sum(expected.get(h) == s for h, s in inputs)
+
+        # Every listed input must be a valid on-time input with the listed hash, or the output is wrong.
+        directory = await self.net.directory(plan.window)
+        input_readers = []
+        for hotkey, sha in inputs:
+            ikey = str(keys.input_key(self.net.spec.run_id, plan.window, seg.index, hotkey))
+            try:
+                iinfo = obs.inputs.get((miner, seg.index), {}).get(hotkey) or await bucket.store.head(bucket.name, ikey)
+            except NotFound:
+                check.status, check.reason = "wrong", f"includes {hotkey[:10]}, whose input does not exist"
+                raise MetadataMismatch(check.reason) from None
+            if not on_time(iinfo.last_modified.timestamp(), obs.upload_deadline_time,
+                           self.net.spec.windows.clock_skew_seconds):
+                check.status, check.reason = "wrong", f"includes a late input from {hotkey[:10]}"
+                raise Late(check.reason)
+            r = self._reader(bucket, iinfo, seg, directory.is_peer, readers)
+            try:
+                ih = await r.open()
+            except InvalidObject as e:
+                check.status, check.reason = "wrong", f"includes an invalid input from {hotkey[:10]} ({e.reason})"
+                raise
+            if ih.sha256 != sha:
+                check.status, check.reason = "wrong", f"lists a wrong hash for {hotkey[:10]}"
+                raise MetadataMismatch(check.reason)
+            input_readers.append(r)
+
+        diff_sq, ref_sq = 0.0, 0.0
+        wire = self.net.spec.torch_wire_dtype
+        for start, end in ranges:
+            got = (await out_reader.read("data", start, end)).float()
+            slices = [await r.read("data", start, end) for r in input_readers]
+            want = reduce_slices(slices, wire).float()
+            diff_sq += float(torch.sum((got - want).double() ** 2))
+            ref_sq += float(torch.sum(want.double() ** 2))
+        check.difference = math.sqrt(diff_sq) / (math.sqrt(ref_sq) + 1e-12)
+        if check.difference > 0:
+            check.reason = "output differs from the recomputed mean"
+
+    # -- 3. score ----------------------------------------------------------------------------------------------------
+
+    async def score(self, plan: Plan, checks: list[SegmentCheck], fetched: int, checked: int,
+                    rejected: Counter) -> WindowReport:
+        per_miner: dict[str, list[float]] = {}
+        for c in checks:
+            per_miner.setdefault(c.miner, []).append(c.score)
+        scores = {m: sum(v) / len(v) for m, v in per_miner.items()}
+        self.board.update(plan.window, scores, self.config.scoring.ema_alpha)
+        report = WindowReport(plan.window, self.net.hotkey, checks, scores, dict(self.board.ema),
+                              bytes_fetched=fetched, output_bytes_checked=checked, rejected=dict(rejected))
+        if plan.window - self.board.last_weights_window >= self.config.scoring.weights_every:
+            report.weights_set = await self._set_weights(plan.window)
+        self.board.save(self.state_path)
+        await self._publish(report)
+        log.info(report.table())
+        return report
+
+    async def _set_weights(self, window: int) -> bool:
+        directory = await self.net.directory(window)
+        uids, weights = self.board.weights({h: directory.uid(h) for h in directory.miners})
+        if not uids:
+            return False
+        try:
+            await asyncio.to_thread(self.net.chain.set_weights, self.net.chain_signer, uids, weights)
+        except Exception as e:  # the chain refusing weights must not stop validation
+            log.error("window %d: setting weights failed: %s", window, e)
+            return False
+        self.board.last_weights_window = window
+        log.info("window %d: set weights on %d miners", window, len(uids))
+        return True
+
+    async def _publish(self, report: WindowReport) -> None:
+        try:
+            bucket = await self.net.bucket(report.window, self.net.hotkey)
+            key = str(keys.report_key(self.net.spec.run_id, report.window, self.net.hotkey))
+            await bucket.store.put(bucket.name, key, report.to_json().encode(), content_type="application/json")
+        except (StorageError, KeyError) as e:
+            log.warning("window %d: could not publish the report: %s", report.window, e)
