@@ -14,20 +14,29 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bittensor as bt
 from bittensor_wallet import Wallet
 
 from storage import S3Config, StorageError
 
+from .advice import describe
 from .chain.base import Chain, ChainError
 from .chain.local import LocalChain
 from .chain.subtensor import SubtensorChain
 from .directory import Admission, BucketLocation, CommitmentError
 from .errors import ProtocolError
 from .network import Network, StorePool
+from .progress import TransferProgress
 from .signing import Signer
 from .spec import RunSpec
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .miner import Miner
+    from .validator import Validator
 
 log = logging.getLogger("mapreduce")
 
@@ -51,6 +60,11 @@ def build_parser(role: str) -> argparse.ArgumentParser:
     if role == "validator":
         p.add_argument("--state", default=None, metavar="PATH",
                        help="validator state file (scores, last window); default ~/.mapreduce/validator-<hotkey>.json")
+    p.add_argument("--metrics.port", dest="metrics.port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port; default: off); "
+                        "names in docs/OPERATIONS.md")
+    p.add_argument("--metrics.host", dest="metrics.host", default="127.0.0.1", metavar="ADDR",
+                   help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 to let another machine scrape)")
     SubtensorChain.add_args(p)
     Wallet.add_args(p)
     bt.logging.add_args(p)
@@ -83,13 +97,40 @@ def published_location(role: str, bucket: str, s3: S3Config) -> BucketLocation:
     )
 
 
-def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
+class SetupError(Exception):
+    """The process cannot start; the message says what is wrong and what to do."""
+
+
+def load_spec(path: str) -> RunSpec:
+    try:
+        return RunSpec.load(path)
+    except FileNotFoundError:
+        raise SetupError(f"run spec {path} not found: pass the run's spec JSON with --spec") from None
+    except KeyError as e:
+        raise SetupError(f"run spec {path} lacks the field {e}") from None
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise SetupError(f"run spec {path} is not valid: {e}") from None
+
+
+def load_wallet(args: argparse.Namespace) -> tuple[Wallet, Signer]:
     wallet = Wallet(name=getattr(args, "wallet.name"), hotkey=getattr(args, "wallet.hotkey"),
                     path=getattr(args, "wallet.path"))
-    signer = Signer(wallet.hotkey)
-    spec = RunSpec.load(args.spec)
+    try:
+        return wallet, Signer(wallet.hotkey)
+    except Exception as e:  # the wallet library raises its own KeyFileError, or ValueError for a locked key
+        raise SetupError(f"cannot load hotkey {getattr(args, 'wallet.hotkey')!r} of wallet "
+                         f"{getattr(args, 'wallet.name')!r} under {getattr(args, 'wallet.path')}: {e}. "
+                         "Create or regenerate it with btcli, or point --wallet.* at the right one.") from None
+
+
+def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
+    spec = load_spec(args.spec)
+    wallet, signer = load_wallet(args)
     s3 = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
-    admission = Admission.parse(getattr(args, "whitelist.hotkeys"), getattr(args, "blacklist.hotkeys"))
+    try:
+        admission = Admission.parse(getattr(args, "whitelist.hotkeys"), getattr(args, "blacklist.hotkeys"))
+    except ValueError as e:
+        raise SetupError(f"--whitelist.hotkeys/--blacklist.hotkeys: {e}") from None
     chain = open_chain(args)
     net = Network(spec, chain, signer, StorePool(s3), admission=admission, chain_signer=wallet)
     return net, wallet, s3
@@ -99,12 +140,18 @@ async def _serve(role: str, args: argparse.Namespace) -> int:
     from .miner import Miner
     from .validator import Validator
 
-    net, wallet, s3 = build_network(args)
+    try:
+        net, wallet, s3 = build_network(args)
+    except (SetupError, ChainError) as e:
+        log.error("%s", e)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     windows = args.windows or None
+    metrics_server = None
+    progress = TransferProgress(net.pool.stats, f"{role} S3")  # only on a terminal
     try:
         directory_role = "miner" if role == "miner" else "validator"
         location = published_location(directory_role, args.bucket, s3)
@@ -118,6 +165,8 @@ async def _serve(role: str, args: argparse.Namespace) -> int:
         else:
             state = args.state or Path.home() / ".mapreduce" / f"validator-{net.hotkey}.json"
             worker = Validator(net, args.bucket, state)
+        metrics_server = start_metrics(args, role, net, worker)
+        progress.start()
         task = asyncio.create_task(worker.run(windows=windows))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -130,10 +179,40 @@ async def _serve(role: str, args: argparse.Namespace) -> int:
             task.result()
         return 0
     except (ChainError, StorageError, CommitmentError, ProtocolError) as e:
-        log.error("%s: %s", type(e).__name__, e)
+        log.error("%s", describe(e))
         return 1
+    except SetupError as e:
+        log.error("%s", e)
+        return 2
     finally:
+        progress.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         await net.pool.close()
+
+
+def start_metrics(args: argparse.Namespace, role: str, net: Network, worker: Miner | Validator) -> WSGIServer | None:
+    """Serve the role's Prometheus metrics if ``--metrics.port`` is given; returns the server (or None).
+
+    The HTTP exporter is started here, in the command line: the protocol package only counts (mapreduce/metrics.py).
+    """
+    port, host = getattr(args, "metrics.port"), getattr(args, "metrics.host")
+    if port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    from .metrics import ROLE_METRICS
+
+    metrics = ROLE_METRICS[role](net.hotkey, net.spec.run_id, net.pool.stats)
+    worker.observers.append(metrics.observe)
+    try:
+        server, _ = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as e:
+        raise SetupError(f"cannot serve metrics on {host}:{port}: {e}; "
+                         "choose a free port with --metrics.port") from None
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+    return server
 
 
 def _main(role: str, argv: list[str] | None) -> int:

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass, replace
 
-from storage import ObjectStore, RetryConfig, S3Config, TransferConfig
+from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
 
 from .chain.base import Chain
 from .codec import Expect, expected_object_bytes
@@ -24,13 +24,17 @@ WIRE_CODES = {"float32": "F32", "bfloat16": "BF16"}
 
 
 class StorePool:
-    """One :class:`ObjectStore` per endpoint and credentials, opened on first use, closed together."""
+    """One :class:`ObjectStore` per endpoint and credentials, opened on first use, closed together.
+
+    ``stats`` adds up the bytes and requests of all of them: what this process moved (for metrics and progress).
+    """
 
     def __init__(self, default: S3Config, transfer: TransferConfig | None = None, retry: RetryConfig | None = None):
         self.default = default
         self._transfer = transfer or TransferConfig()
         self._retry = retry or RetryConfig()
         self._stores: dict[tuple[str | None, str | None, str | None], ObjectStore] = {}
+        self.stats = TransferStats()
         self._lock = asyncio.Lock()
 
     def config_for(self, loc: BucketLocation) -> S3Config:
@@ -47,7 +51,7 @@ class StorePool:
         async with self._lock:
             store = self._stores.get(ident)
             if store is None:
-                store = ObjectStore(cfg, self._transfer, self._retry)
+                store = ObjectStore(cfg, self._transfer, self._retry, stats=self.stats)
                 await store.__aenter__()
                 self._stores[ident] = store
             return store

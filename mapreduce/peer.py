@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from storage import NotFound, ObjectTooLarge, PreconditionFailed, StorageError
 
 from . import keys
 from .codec import Encoded, ObjectMeta, check_finite, decode, encode
-from .errors import Late, MetadataMismatch, ProtocolError
+from .audit import (ReaderCache, UploadRecord, Wrong, check_against_records, listed_inputs, open_listed_inputs,
+                    read_records, recompute_difference, sample_ranges)
+from .errors import Late, ProtocolError
 from .flat import flatten, unflatten
 from .inputs import reduce_segment
 from .network import Network
@@ -48,6 +51,10 @@ class PeerConfig:
     fallback: str = "reduce"
     # Start a window only with at least this many blocks of its upload phase left; else wait for the next one.
     upload_margin_blocks: int = 1
+    # Element ranges of each output recomputed from its inputs (ranged reads) before it is trusted; 0 turns the
+    # spot check off. One range of 1024 elements costs a few KiB per input.
+    spot_check_ranges: int = 1
+    spot_check_elements: int = 1024
 
     def __post_init__(self) -> None:
         if self.fallback not in ("reduce", "own"):
@@ -100,6 +107,7 @@ class Peer:
         self.bucket = bucket
         self.config = config
         self._sem = asyncio.Semaphore(config.concurrency)
+        self._records: dict[str, UploadRecord] = {}
 
     @property
     def hotkey(self) -> str:
@@ -182,6 +190,11 @@ class Peer:
     async def download(self, window: int, receipt: UploadReceipt, own: torch.Tensor) -> AllReduceResult:
         plan = await self.net.plan(window)
         result = AllReduceResult(window, torch.empty(self.net.spec.numel), {}, [], receipt)
+        # Other peers' signed records of what they uploaded where: a miner that forges or drops an input
+        # contradicts them. Written during the upload phase, so read them once it is over.
+        await self.net.wait_for_block(self.net.phases(window).upload_deadline)
+        directory = await self.net.directory(window)
+        self._records = await read_records(self.net, window, [p for p in directory.peers if p != self.hotkey])
         segments = await asyncio.gather(*(self._download_segment(plan, s, receipt, own, result)
                                           for s in plan.segments))
         result.segments = sorted(segments, key=lambda r: r.segment)
@@ -239,11 +252,10 @@ class Peer:
                 data = await bucket.store.get(bucket.name, key, max_bytes=expect.max_bytes, if_match=info.etag)
                 result.bytes_downloaded += len(data)
                 decoded = await asyncio.to_thread(decode, data, key, expect)
-                inputs = json.loads(decoded.meta.extra.get("inputs", "null"))
-                if (not isinstance(inputs, list) or not inputs
-                        or int(decoded.meta.extra.get("count", -1)) != len(inputs)):
-                    raise MetadataMismatch("output does not list its inputs and count")
-                return decoded.tensors["data"].float(), inputs
+                inputs = listed_inputs(decoded.meta)
+                values = decoded.tensors["data"]
+                await self._audit(plan, seg, miner, bucket, inputs, values)
+                return values.float(), [list(i) for i in inputs]
             except NotFound:
                 return None
             except (ProtocolError, ObjectTooLarge, ValueError) as e:
@@ -259,6 +271,31 @@ class Peer:
                                 miner[:10], e)
                     return False
                 return None
+
+    async def _audit(self, plan: Plan, seg: Segment, miner: str, bucket, inputs: list[tuple[str, str]],
+                     values: torch.Tensor) -> None:
+        """Trust an output only if it agrees with the peers' records and with a recomputed sample."""
+        cache = ReaderCache(self.net, bucket)
+        deadline = await self.net.block_timestamp(self.net.phases(plan.window).upload_deadline)
+        omitted = check_against_records(miner, seg, inputs, self._records)
+        if omitted:
+            # Uploaded there, per its own record; if that input is valid and on time, the miner dropped it.
+            try:
+                await open_listed_inputs(self.net, plan.window, seg, cache,
+                                         [(p, self._records[p].uploads[seg.index][0]) for p in omitted], deadline)
+            except Wrong:
+                pass  # not there, late or invalid: the miner was right to leave it out
+            else:
+                raise Wrong(f"leaves out a valid input from {omitted[0][:10]}")
+        if self.config.spot_check_ranges:
+            readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs, deadline)
+            ranges = sample_ranges(random.Random(), seg, self.config.spot_check_ranges,
+                                   self.config.spot_check_elements)
+
+            async def output(a: int, b: int) -> torch.Tensor:
+                return values[a:b]
+            if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype) > 0:
+                raise Wrong("output differs from the mean recomputed from its inputs")
 
     async def _finish_alone(self, plan: Plan, seg: Segment, own: torch.Tensor,
                             result: AllReduceResult) -> SegmentResult:

@@ -17,24 +17,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from storage import NotFound, ObjectInfo, StorageError
 
-from . import hashtree, keys
-from .errors import InvalidObject, Late, MetadataMismatch
+from . import keys
+from .audit import ReaderCache, Wrong, listed_inputs, open_listed_inputs, recompute_difference, sample_ranges
+from .errors import InvalidObject, Late
 from .keys import ObjectKey
-from .network import Bucket, Network
-from .partial import RangeReader
+from .network import Network
+from .observers import Observers
 from .plan import Plan, Segment
-from .reduce import reduce_slices
 from .scoring import Scoreboard, ScoringConfig, SegmentCheck, segment_score
 from .windows import on_time
 
@@ -77,6 +74,22 @@ class WindowReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
+    def line(self) -> str:
+        """One log line: how the checks went, the spread of scores, rejections, bytes, weights."""
+        ok = sum(c.status == "ok" for c in self.checks)
+        bad = Counter(c.status for c in self.checks if c.status != "ok")
+        lat = sorted(c.latency for c in self.checks if c.latency is not None)
+        scores = sorted(self.scores.items(), key=lambda kv: kv[1])
+        low = f", lowest {scores[0][0][:8]} {scores[0][1]:.3f}" if scores else ""
+        mean = sum(self.scores.values()) / len(self.scores) if self.scores else 0.0
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items())) or "none"
+        return (f"window {self.window}: checks {ok}/{len(self.checks)} ok"
+                + "".join(f", {n} {status}" for status, n in sorted(bad.items()))
+                + f", {len(scores)} miners scored, mean {mean:.3f}{low}, median latency "
+                + (f"{lat[len(lat) // 2]:.2f}s" if lat else "-") + f", rejected {rejected}, fetched "
+                + f"{self.bytes_fetched} B of {self.output_bytes_checked} B"
+                + (", weights set" if self.weights_set else ""))
+
     def table(self) -> str:
         lines = [f"window {self.window}: {len(self.checks)} checks, fetched {self.bytes_fetched} B for "
                  f"{self.output_bytes_checked} B of outputs"
@@ -102,6 +115,7 @@ class Validator:
         self.config = config
         self.board = Scoreboard.load(self.state_path)
         self._sem = asyncio.Semaphore(config.concurrency)
+        self.observers = Observers()  # each called with every WindowReport (metrics)
 
     async def run(self, windows: int | None = None, stop: asyncio.Event | None = None) -> list[WindowReport]:
         """Validate windows from the next one we can fully observe; windows overlap, scores apply in order."""
@@ -178,9 +192,7 @@ class Validator:
         for miner in plan.miners:
             segs = list(plan.segments_for(miner))
             for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
-                n = min(cfg.range_elements, seg.numel)
-                starts = sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(cfg.ranges_per_segment))
-                slots.append((miner, seg, [(s, s + n) for s in starts]))
+                slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements)))
         rejected: Counter = Counter()
         stats = {"fetched": 0, "checked": 0}
         checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats)
@@ -191,10 +203,10 @@ class Validator:
                           ranges: list[tuple[int, int]], rejected: Counter, stats: dict) -> SegmentCheck | None:
         async with self._sem:
             check = SegmentCheck(miner, seg.index, "ok")
-            readers: dict[str, RangeReader] = {}  # one per object: headers are fetched once
+            cache: ReaderCache | None = None
             try:
-                bucket = await self.net.bucket(plan.window, miner)
-                expected = await self._expected_inputs(plan, obs, miner, seg, bucket, readers, rejected)
+                cache = ReaderCache(self.net, await self.net.bucket(plan.window, miner))
+                expected = await self._expected_inputs(plan, obs, miner, seg, cache, rejected)
                 check.expected = len(expected)
                 slot = (miner, seg.index)
                 if slot not in obs.first_seen:
@@ -203,17 +215,20 @@ class Validator:
                     check.status, check.reason = "missing", "no output by the reduce deadline"
                     return self._scored(check, obs)
                 check.latency = obs.first_seen[slot] - obs.upload_deadline_time
-                await self._compare(plan, obs, miner, seg, bucket, ranges, expected, check, readers, stats)
+                await self._compare(plan, obs, miner, seg, cache, ranges, expected, check, stats)
+            except Wrong as e:
+                check.status, check.reason = "wrong", str(e)
             except NotFound as e:
-                check.status, check.reason = "invalid", f"object vanished: {e}"
+                check.status, check.reason = "invalid", f"output vanished: {e}"
             except InvalidObject as e:
                 rejected[e.reason] += 1
-                check.status = "wrong" if check.status == "wrong" else "invalid"
-                check.reason = check.reason or f"{e.reason}: {e}"
+                check.status, check.reason = "invalid", f"{e.reason}: {e}"
             except StorageError as e:
                 check.status, check.reason = "invalid", f"unreadable: {e}"
+            except KeyError as e:  # the miner left the directory mid-window
+                check.status, check.reason = "invalid", f"no bucket on chain: {e}"
             finally:
-                stats["fetched"] += sum(r.bytes_fetched for r in readers.values())
+                stats["fetched"] += cache.bytes_fetched if cache else 0
             return self._scored(check, obs)
 
     def _scored(self, check: SegmentCheck, obs: Observation) -> SegmentCheck:
@@ -221,8 +236,8 @@ class Validator:
         check.score = segment_score(check, self.config.scoring, reduce_seconds)
         return check
 
-    async def _expected_inputs(self, plan: Plan, obs: Observation, miner: str, seg: Segment, bucket: Bucket,
-                               readers: dict[str, RangeReader], rejected: Counter) -> dict[str, str]:
+    async def _expected_inputs(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
+                               rejected: Counter) -> dict[str, str]:
         """Peer -> content hash of every valid, on-time input the miner had at the upload deadline."""
         directory = await self.net.directory(plan.window)
         skew = self.net.spec.windows.clock_skew_seconds
@@ -230,83 +245,33 @@ class Validator:
         for peer, info in sorted(obs.inputs.get((miner, seg.index), {}).items()):
             if not on_time(info.last_modified.timestamp(), obs.upload_deadline_time, skew):
                 continue
-            reader = self._reader(bucket, info, seg, directory.is_peer, readers)
             try:
-                out[peer] = (await reader.open()).sha256
+                out[peer] = (await cache.reader(info, seg, directory.is_peer).open()).sha256
             except InvalidObject as e:
                 rejected[e.reason] += 1  # the miner is right to leave it out
         return out
 
-    def _reader(self, bucket: Bucket, info: ObjectInfo, seg: Segment, allowed,
-                readers: dict[str, RangeReader]) -> RangeReader:
-        if info.key in readers:
-            return readers[info.key]
-
-        async def fetch(start: int, end: int) -> bytes:
-            return await bucket.store.get_range(bucket.name, info.key, start, end, if_match=info.etag)
-        # A header is ~1 KiB plus 64 hex characters per 1 MiB of data and ~120 bytes per listed input.
-        guess = 2048 + 64 * hashtree.group_count(hashtree.leaf_count(info.size)) + 128 * len(readers) + 4096
-        reader = RangeReader(fetch, info.size, info.key, self.net.segment_expect(seg, allowed), first_read=guess)
-        readers[info.key] = reader
-        return reader
-
-    async def _compare(self, plan: Plan, obs: Observation, miner: str, seg: Segment, bucket: Bucket,
+    async def _compare(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
                        ranges: list[tuple[int, int]], expected: dict[str, str], check: SegmentCheck,
-                       readers: dict[str, RangeReader], stats: dict) -> None:
+                       stats: dict) -> None:
+        bucket = cache.bucket
         key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
         info = await bucket.store.head(bucket.name, key)
         if info.etag != obs.etags[(miner, seg.index)]:
-            raise MetadataMismatch("output was overwritten after we first saw it")
+            raise Wrong("output was overwritten after we first saw it")
         if not on_time(info.last_modified.timestamp(), obs.reduce_deadline_time,
                        self.net.spec.windows.clock_skew_seconds):
             raise Late("output written after the reduce deadline")
-        out_reader = self._reader(bucket, info, seg, lambda h: h == miner, readers)
+        out_reader = cache.reader(info, seg, lambda h: h == miner)
         header = await out_reader.open()
         stats["checked"] += info.size
-        inputs = json.loads(header.meta.extra.get("inputs", "null"))
-        if (not isinstance(inputs, list) or not inputs or int(header.meta.extra.get("count", -1)) != len(inputs)
-                or not all(isinstance(i, list) and len(i) == 2 for i in inputs)):
-            raise MetadataMismatch("output does not list its inputs and count")
-        hotkeys = [h for h, _ in inputs]
-        if hotkeys != sorted(set(hotkeys)):
-            raise MetadataMismatch("inputs are not in canonical order, or repeat")
+        inputs = listed_inputs(header.meta)
         check.included = len(inputs)
         check.included_expected = sum(expected.get(h) == s for h, s in inputs)
-
-        # Every listed input must be a valid on-time input with the listed hash, or the output is wrong.
-        directory = await self.net.directory(plan.window)
-        input_readers = []
-        for hotkey, sha in inputs:
-            ikey = str(keys.input_key(self.net.spec.run_id, plan.window, seg.index, hotkey))
-            try:
-                iinfo = obs.inputs.get((miner, seg.index), {}).get(hotkey) or await bucket.store.head(bucket.name, ikey)
-            except NotFound:
-                check.status, check.reason = "wrong", f"includes {hotkey[:10]}, whose input does not exist"
-                raise MetadataMismatch(check.reason) from None
-            if not on_time(iinfo.last_modified.timestamp(), obs.upload_deadline_time,
-                           self.net.spec.windows.clock_skew_seconds):
-                check.status, check.reason = "wrong", f"includes a late input from {hotkey[:10]}"
-                raise Late(check.reason)
-            r = self._reader(bucket, iinfo, seg, directory.is_peer, readers)
-            try:
-                ih = await r.open()
-            except InvalidObject as e:
-                check.status, check.reason = "wrong", f"includes an invalid input from {hotkey[:10]} ({e.reason})"
-                raise
-            if ih.sha256 != sha:
-                check.status, check.reason = "wrong", f"lists a wrong hash for {hotkey[:10]}"
-                raise MetadataMismatch(check.reason)
-            input_readers.append(r)
-
-        diff_sq, ref_sq = 0.0, 0.0
-        wire = self.net.spec.torch_wire_dtype
-        for start, end in ranges:
-            got = (await out_reader.read("data", start, end)).float()
-            slices = [await r.read("data", start, end) for r in input_readers]
-            want = reduce_slices(slices, wire).float()
-            diff_sq += float(torch.sum((got - want).double() ** 2))
-            ref_sq += float(torch.sum(want.double() ** 2))
-        check.difference = math.sqrt(diff_sq) / (math.sqrt(ref_sq) + 1e-12)
+        input_readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs,
+                                                 obs.upload_deadline_time, known=obs.inputs.get((miner, seg.index)))
+        check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
+                                                      ranges, self.net.spec.torch_wire_dtype)
         if check.difference > 0:
             check.reason = "output differs from the recomputed mean"
 
@@ -325,7 +290,9 @@ class Validator:
             report.weights_set = await self._set_weights(plan.window)
         self.board.save(self.state_path)
         await self._publish(report)
-        log.info(report.table())
+        log.info(report.line())
+        log.debug(report.table())
+        self.observers.notify(report)
         return report
 
     async def _set_weights(self, window: int) -> bool:
