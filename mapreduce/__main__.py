@@ -1,4 +1,4 @@
-"""``python -m mapreduce <command>``: the local swarm, and the swarm's trainer processes."""
+"""``python -m mapreduce <command>``: the local swarm and its trainer processes; ops commands (report, prune)."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--run-dir", type=Path, required=True)
     pe.add_argument("--index", type=int, required=True)
 
+    from . import prune, reports
+    rp = sub.add_parser("report", help="PNG plots (scores, latency, rejections) from a validator's bucket")
+    reports.add_arguments(rp)
+    pr = sub.add_parser("prune", help="delete protocol objects older than the newest N windows (dry run by default)")
+    prune.add_arguments(pr)
+
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return reports.main(args)
+    if args.command == "prune":
+        return prune.main(args)
     if args.command == "swarm":
         from .swarm.run import run_swarm
         cfg = SwarmConfig(peers=args.peers, miners=args.miners, windows=args.windows, segments=args.segments,

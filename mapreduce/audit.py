@@ -16,6 +16,7 @@ miner 0, a peer moves on to the next replica).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Awaitable, Callable
 
 import torch
 
-from storage import NotFound, ObjectInfo, StorageError
+from storage import NotFound, ObjectInfo, PreconditionFailed, StorageError
 
 from . import hashtree, keys
 from .codec import Expect, ObjectMeta, decode
@@ -31,8 +32,11 @@ from .errors import InvalidObject, ProtocolError
 from .network import Bucket, Network
 from .partial import RangeReader
 from .plan import Segment
+from .proof import chunk_rows
 from .reduce import reduce_slices
 from .windows import on_time
+
+log = logging.getLogger(__name__)
 
 
 class Wrong(ProtocolError):
@@ -111,6 +115,8 @@ async def open_listed_inputs(net: Network, window: int, seg: Segment, cache: Rea
             header = await reader.open()
         except InvalidObject as e:
             raise Wrong(f"includes an invalid input from {hotkey[:10]} ({e.reason})") from None
+        except PreconditionFailed:  # reads carry the ETag seen at the deadline
+            raise Wrong(f"the input from {hotkey[:10]} was replaced after the upload deadline") from None
         if header.sha256 != sha:
             raise Wrong(f"lists a wrong hash for {hotkey[:10]}")
         readers.append(reader)
@@ -128,7 +134,8 @@ async def read_records(net: Network, window: int, peers: list[str]) -> dict[str,
             decoded = decode(await bucket.store.get(bucket.name, key, max_bytes=expect.max_bytes), key, expect)
             rows = json.loads(decoded.meta.extra["uploads"])
             out[peer] = UploadRecord(peer, {int(s): (str(h), frozenset(m)) for s, h, m in rows})
-        except (StorageError, ProtocolError, KeyError, ValueError, TypeError):
+        except (StorageError, ProtocolError, KeyError, ValueError, TypeError) as e:
+            log.info("window %d: no usable upload record from %s: %s", window, peer[:10], e)
             continue
     return out
 
@@ -151,14 +158,37 @@ def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int) -> 
     return [(s, s + n) for s in sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(count))]
 
 
+ProofRows = Callable[[int, int, int], Awaitable[bytes]]
+"""``(input index, first chunk, last chunk)`` -> the output's proof rows for those chunks of that input."""
+
+
+def check_proof_shape(proof_shape: tuple[int, ...], inputs: list[tuple[str, str]]) -> None:
+    if not proof_shape or proof_shape[0] != len(inputs):
+        raise Wrong(f"proof has {proof_shape[0] if proof_shape else 0} rows for {len(inputs)} inputs")
+
+
 async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tensor]],
                                inputs: list[RangeReader], ranges: list[tuple[int, int]],
-                               wire_dtype: torch.dtype) -> float:
-    """``||o - r|| / (||r|| + eps)`` over ``ranges``: ``o`` read through ``output``, ``r`` recomputed."""
+                               wire_dtype: torch.dtype, proof: ProofRows | None = None,
+                               salt: bytes = b"") -> float:
+    """``||o - r|| / (||r|| + eps)`` over ``ranges``: ``o`` read through ``output``, ``r`` recomputed.
+
+    With ``proof``, the output's proof-of-possession rows of every input chunk read are checked as well
+    (:mod:`mapreduce.proof`), at no extra cost in input reads.
+    """
     diff_sq, ref_sq = 0.0, 0.0
     for start, end in ranges:
         got = (await output(start, end)).double()
-        want = reduce_slices([await r.read("data", start, end) for r in inputs], wire_dtype).double()
+        slices = []
+        for index, reader in enumerate(inputs):
+            values, first, chunks = await reader.read_chunks("data", start, end)
+            slices.append(values)
+            if proof is not None:
+                last = first + -(-len(chunks) // hashtree.CHUNK_BYTES)
+                if await proof(index, first, last) != chunk_rows(chunks, salt):
+                    raise Wrong(f"proof of possession fails for input {index} (chunks {first}-{last - 1}): "
+                                "the miner did not hold that input")
+        want = reduce_slices(slices, wire_dtype).double()
         diff_sq += float(torch.sum((got - want) ** 2))
         ref_sq += float(torch.sum(want ** 2))
     if not math.isfinite(diff_sq):

@@ -54,9 +54,14 @@ def build_parser(role: str) -> argparse.ArgumentParser:
                    help="use the embedded local chain in this SQLite file instead of subtensor (local swarm)")
     p.add_argument("--windows", type=int, default=0, help="stop after this many windows (default: run forever)")
     p.add_argument("--whitelist.hotkeys", dest="whitelist.hotkeys", default="", metavar="SS58,...",
-                   help="only these hotkeys take part (default: every hotkey registered on the netuid)")
+                   help="accept objects only from these hotkeys (default: every hotkey registered on the netuid); "
+                        "narrows the run spec's allow_hotkeys, never the plan")
     p.add_argument("--blacklist.hotkeys", dest="blacklist.hotkeys", default="", metavar="SS58,...",
-                   help="these hotkeys never take part")
+                   help="never accept objects from these hotkeys (added to the run spec's deny_hotkeys)")
+    if role == "miner":  # the miner reads validators' reports (its standing); a validator reads none
+        p.add_argument("--validators.min_stake", dest="validators.min_stake", type=float, default=0.0,
+                       metavar="STAKE", help="trust reports only of validators with a permit and at least this stake "
+                       "(the higher of this and the run spec's min_validator_stake applies; default 0)")
     if role == "validator":
         p.add_argument("--state", default=None, metavar="PATH",
                        help="validator state file (scores, last window); default ~/.mapreduce/validator-<hotkey>.json")
@@ -125,12 +130,14 @@ def load_wallet(args: argparse.Namespace) -> tuple[Wallet, Signer]:
 
 def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
     spec = load_spec(args.spec)
+    try:
+        admission = Admission.parse(getattr(args, "whitelist.hotkeys"), getattr(args, "blacklist.hotkeys"),
+                                    getattr(args, "validators.min_stake", 0.0))
+        Admission.from_spec(spec).narrow(admission)  # an allow list disjoint from the spec's is a set-up error
+    except ValueError as e:
+        raise SetupError(f"--whitelist.hotkeys/--blacklist.hotkeys/--validators.min_stake: {e}") from None
     wallet, signer = load_wallet(args)
     s3 = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
-    try:
-        admission = Admission.parse(getattr(args, "whitelist.hotkeys"), getattr(args, "blacklist.hotkeys"))
-    except ValueError as e:
-        raise SetupError(f"--whitelist.hotkeys/--blacklist.hotkeys: {e}") from None
     chain = open_chain(args)
     net = Network(spec, chain, signer, StorePool(s3), admission=admission, chain_signer=wallet)
     return net, wallet, s3

@@ -57,9 +57,13 @@ class ObjectMeta:
 
 @dataclass(frozen=True)
 class Expect:
-    """What a reader requires of an object: its tensors (dtype code, shape), who may have written it, size caps."""
+    """What a reader requires of an object: its tensors (dtype code, shape), who may have written it, size caps.
 
-    tensors: Mapping[str, tuple[str, tuple[int, ...]]]
+    A ``None`` dimension matches any length (an output's proof has one row per input, known only from its header);
+    ``max_bytes`` still bounds the object.
+    """
+
+    tensors: Mapping[str, tuple[str, tuple[int | None, ...]]]
     allowed: Callable[[str], bool]
     max_bytes: int
     max_header_bytes: int = 1 << 20
@@ -115,7 +119,8 @@ class Decoded:
 
 
 def expected_object_bytes(tensors: Mapping[str, tuple[str, tuple[int, ...]]], header_slack: int = 64 * 1024) -> int:
-    """A size cap for objects holding these tensors: their data, their leaves and a generous header."""
+    """A size cap for objects holding these tensors (with ``None`` dimensions at their largest allowed value
+    substituted): their data, their leaves and a generous header."""
     data = sum(DTYPES[d].itemsize * _prod(s) for d, s in tensors.values())
     leaves = hashtree.leaf_count(data) * hashtree.DIGEST
     groups_hex = hashtree.group_count(hashtree.leaf_count(data)) * 64
@@ -207,11 +212,14 @@ def encode(meta: ObjectMeta, tensors: Mapping[str, torch.Tensor], signer: Signer
 def _check_prefix(buf: bytes | bytearray | memoryview, size: int, max_bytes: int, max_header: int) -> int:
     if size > max_bytes:
         raise Oversized(f"object is {size} bytes, the cap is {max_bytes}")
-    head = bytes(buf[:4])
-    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        raise PickleRejected("object is a pickle stream; pickles are never loaded")
-    if head == b"PK\x03\x04":
-        raise PickleRejected("object is a zip archive (torch.save format holds a pickle); never loaded")
+    # A safetensors header is JSON, so byte 8 is "{". Only when it is not do we look for a pickle or a zip: a
+    # header length such as 0x380 begins with the bytes 80 03, which is also how a pickle stream begins.
+    if bytes(buf[8:9]) != b"{":
+        head = bytes(buf[:4])
+        if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+            raise PickleRejected("object is a pickle stream; pickles are never loaded")
+        if head == b"PK\x03\x04":
+            raise PickleRejected("object is a zip archive (torch.save format holds a pickle); never loaded")
     if size < 8:
         raise Truncated(f"object is {size} bytes, shorter than the 8-byte header length")
     (n,) = struct.unpack_from("<Q", buf, 0)
@@ -304,7 +312,7 @@ def parse_header(prefix: bytes | bytearray | memoryview, size: int, key: str, ex
         e = entries[name]
         if e.dtype != dtype:
             raise DisallowedDtype(f"tensor {name!r} is {e.dtype}, expected {dtype}")
-        if e.shape != tuple(shape):
+        if len(e.shape) != len(shape) or any(w is not None and w != d for w, d in zip(shape, e.shape)):
             raise ShapeMismatch(f"tensor {name!r} has shape {list(e.shape)}, expected {list(shape)}")
     n_leaves = hashtree.leaf_count(data_len)
     if leaves.shape != (n_leaves, hashtree.DIGEST):

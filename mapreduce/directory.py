@@ -10,15 +10,21 @@ inputs and read access to its outputs; for a peer or validator, read access. Emp
 public for that use. Commitments are public: publish scoped keys, never the account's own (docs/PROTOCOL.md).
 
 The directory combines commitments with the metagraph: a commitment counts only for a registered hotkey, and a
-hotkey outside the allowed set is not a participant at all.
+hotkey outside the run's allowed set (the run spec's lists) is not a participant at all: it has no place in any
+plan. This process's own lists (``--whitelist.hotkeys``/``--blacklist.hotkeys``) narrow further what *it* accepts,
+but never the plan, which every participant must compute alike (see :class:`Admission`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .chain.base import MAX_COMMITMENT_BYTES, Neuron
+from .errors import InvalidObject, NotAllowed, UnknownHotkey
 from .names import check_bucket, check_hotkey
+
+if TYPE_CHECKING:
+    from .spec import RunSpec
 
 ROLES = {"m": "miner", "p": "peer", "v": "validator"}
 _PREFIX = "mr1"
@@ -72,18 +78,27 @@ class Directory:
 
     neurons: dict[str, Neuron]
     locations: dict[str, BucketLocation]
+    # This process's own lists: they narrow what it accepts, never who is in the plan.
+    local: "Admission" = field(default_factory=lambda: Admission())
+    # Registered hotkeys the run's lists exclude -> why; kept so readers can say "not allowed", not "unknown".
+    excluded: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, neurons: Iterable[Neuron], commitments: dict[str, str],
-              allowed: "Admission | None" = None) -> "Directory":
-        by_hotkey = {}
+              allowed: "Admission | None" = None, local: "Admission | None" = None) -> "Directory":
+        """``allowed``: the run's admission (the spec's lists), which decides who is a participant; ``local``:
+        this process's own lists, which only narrow what :meth:`accepts` and :meth:`admits_peer` let through."""
+        by_hotkey, excluded = {}, {}
         for n in neurons:
             try:
                 check_hotkey(n.hotkey)
             except ValueError:
                 continue
-            if allowed is None or allowed.admits(n):
+            why = allowed.why_excluded(n.hotkey) if allowed is not None else None
+            if why is None:
                 by_hotkey[n.hotkey] = n
+            else:
+                excluded[n.hotkey] = f"{why} of the run spec"
         locations = {}
         for hotkey, text in commitments.items():
             if hotkey not in by_hotkey:
@@ -92,7 +107,7 @@ class Directory:
                 locations[hotkey] = BucketLocation.decode(text)
             except CommitmentError:
                 continue  # another subnet's format or garbage: not a participant
-        return cls(by_hotkey, locations)
+        return cls(by_hotkey, locations, local or Admission(), excluded)
 
     def _role(self, role: str) -> list[str]:
         return sorted(h for h, loc in self.locations.items() if loc.role == role)
@@ -119,24 +134,92 @@ class Directory:
     def uid(self, hotkey: str) -> int:
         return self.neurons[hotkey].uid
 
+    def accepts(self, hotkey: str) -> bool:
+        """Whether this process's own lists let ``hotkey`` through (the run's lists are applied already)."""
+        return self.local.why_excluded(hotkey) is None
+
+    def exclusion(self, hotkey: str, role: str) -> InvalidObject | None:
+        """Why an object by ``hotkey`` in ``role`` (``"peer"``, ``"miner"``, ``"validator"``) does not count, or None.
+
+        :class:`NotAllowed` for a registered hotkey that the run's or this process's lists exclude, naming which;
+        :class:`UnknownHotkey` for one that is not registered or has not committed a bucket in that role.
+        """
+        if hotkey in self.excluded:
+            return NotAllowed(f"{hotkey} is {self.excluded[hotkey]}")
+        loc = self.locations.get(hotkey)
+        if loc is None or loc.role != role:
+            return UnknownHotkey(f"{hotkey} is not a registered {role}")
+        why = self.local.why_excluded(hotkey)
+        if why is not None:
+            return NotAllowed(f"{hotkey} is {why} of this process (--whitelist/--blacklist)")
+        return None
+
+    def admits_peer(self, hotkey: str) -> bool:
+        """For ``codec.Expect.allowed``: True for an accepted peer, False for an unknown hotkey, and raises
+        :class:`NotAllowed` for an excluded one, so the rejection is counted under its own reason."""
+        error = self.exclusion(hotkey, "peer")
+        if isinstance(error, NotAllowed):
+            raise error
+        return error is None
+
     def location(self, hotkey: str) -> BucketLocation:
         return self.locations[hotkey]
 
 
 @dataclass(frozen=True)
 class Admission:
-    """Who may take part: registered hotkeys, narrowed by an allow list and a deny list."""
+    """Who may take part: registered hotkeys, narrowed by an allow list and a deny list; and which validators'
+    reports are trusted (a validator permit and at least ``min_validator_stake``).
+
+    Two admissions meet in every process. The run spec's (:meth:`from_spec`) is shared by the whole run: it decides
+    who is a participant, so it may shape the plan. The command line's (:meth:`parse`) is this process's own: it
+    only narrows what the process accepts. Combined (:meth:`narrow`), a hotkey passes only if both let it through:
+    the deny lists add up, the allow lists intersect (an empty allow list means "everyone"), the higher minimum
+    stake applies. A local list can thus never re-admit a hotkey the run excludes.
+    """
 
     allow: frozenset[str] = frozenset()
     deny: frozenset[str] = frozenset()
+    min_validator_stake: float = 0.0
+
+    def why_excluded(self, hotkey: str) -> str | None:
+        """``"on the deny list"``, ``"not on the allow list"``, or None when ``hotkey`` is admitted."""
+        if hotkey in self.deny:
+            return "on the deny list"
+        if self.allow and hotkey not in self.allow:
+            return "not on the allow list"
+        return None
 
     def admits(self, neuron: Neuron) -> bool:
-        if neuron.hotkey in self.deny:
-            return False
-        return not self.allow or neuron.hotkey in self.allow
+        return self.why_excluded(neuron.hotkey) is None
+
+    def distrusts(self, neuron: Neuron) -> str | None:
+        """Why a validator's reports are not trusted (``"not_allowed"``, ``"no_permit"``, ``"low_stake"``), or None."""
+        if not self.admits(neuron):
+            return "not_allowed"
+        if not neuron.validator_permit:
+            return "no_permit"
+        if neuron.stake < self.min_validator_stake:
+            return "low_stake"
+        return None
+
+    def narrow(self, other: "Admission") -> "Admission":
+        """What passes both ``self`` and ``other``; ValueError if two allow lists leave nobody."""
+        allow = self.allow & other.allow if self.allow and other.allow else self.allow | other.allow
+        if self.allow and other.allow and not allow:
+            raise ValueError("the two allow lists have no hotkey in common: nobody could take part")
+        return Admission(allow, self.deny | other.deny, max(self.min_validator_stake, other.min_validator_stake))
 
     @classmethod
-    def parse(cls, allow: str | None, deny: str | None) -> "Admission":
+    def from_spec(cls, spec: "RunSpec") -> "Admission":
+        """The run's own lists, as every participant reads them from the shared run spec."""
+        return cls(frozenset(spec.allow_hotkeys), frozenset(spec.deny_hotkeys), spec.min_validator_stake)
+
+    @classmethod
+    def parse(cls, allow: str | None, deny: str | None, min_validator_stake: float = 0.0) -> "Admission":
+        """From comma-separated hotkeys, as ``--whitelist.hotkeys`` / ``--blacklist.hotkeys`` take them."""
         def split(text: str | None) -> frozenset[str]:
             return frozenset(check_hotkey(h.strip()) for h in (text or "").split(",") if h.strip())
-        return cls(split(allow), split(deny))
+        if not min_validator_stake >= 0:
+            raise ValueError("the minimum validator stake must be >= 0")
+        return cls(split(allow), split(deny), float(min_validator_stake))

@@ -94,3 +94,20 @@ class Late(InvalidObject):
     """Written after its deadline: it does not count."""
 
     reason = "late"
+
+
+class NotAllowed(InvalidObject):
+    """Registered, but outside the allowed set: excluded by the run spec's or this process's allow and deny lists."""
+
+    reason = "not_allowed"
+
+
+class BroadcastFailed(ProtocolError):
+    """A broadcast could not be sent, or received whole. ``rejected`` counts, by reason, everything that was
+    refused on the way (copies, records, senders), so the caller can tell a missing sender from bad miners."""
+
+    reason = "broadcast_failed"
+
+    def __init__(self, message: str, rejected: "dict[str, int] | None" = None):
+        super().__init__(message)
+        self.rejected = dict(rejected or {})

@@ -61,6 +61,38 @@ def compute_leaves(data: memoryview, out: memoryview | None = None) -> memoryvie
     return out
 
 
+PROOF_BYTES = 8
+
+
+def _salted_chunks(data: memoryview, salt: bytes, out: memoryview, first: int, last: int) -> None:
+    base = hashlib.sha256(salt)
+    digests = []
+    for i in range(first, last):
+        h = base.copy()
+        h.update(data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES])
+        digests.append(h.digest()[:PROOF_BYTES])
+    out[first * PROOF_BYTES:last * PROOF_BYTES] = b"".join(digests)
+
+
+def salted_digests(data: memoryview, salt: bytes) -> bytes:
+    """``sha256(salt || chunk)[:8]`` for every chunk: a proof that whoever computed it held all of ``data``.
+
+    The salt is the prover's own (miners salt with their hotkey), so the proof cannot be copied from another
+    prover, and a verifier holding any one chunk can check its row.
+    """
+    data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    n = leaf_count(len(data))
+    out = memoryview(bytearray(n * PROOF_BYTES))
+    if n < 64:
+        _salted_chunks(data, salt, out, 0, n)
+        return bytes(out)
+    workers = _executor()._max_workers
+    step = -(-n // workers)
+    for f in [_executor().submit(_salted_chunks, data, salt, out, i, min(n, i + step)) for i in range(0, n, step)]:
+        f.result()
+    return bytes(out)
+
+
 def group_hashes(leaves: bytes | memoryview) -> list[bytes]:
     span = GROUP_LEAVES * DIGEST
     return [hashlib.sha256(leaves[i:i + span]).digest() for i in range(0, len(leaves), span)]

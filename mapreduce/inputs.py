@@ -20,10 +20,11 @@ from storage import ObjectInfo, ObjectTooLarge, StorageError
 
 from . import keys
 from .codec import decode
-from .errors import InvalidObject, Late, MetadataMismatch, UnknownHotkey
+from .errors import InvalidObject, Late, MetadataMismatch
 from .keys import ObjectKey
 from .network import Bucket, Network
 from .plan import Segment
+from .proof import proof_rows
 from .reduce import Accumulator
 from .windows import on_time
 
@@ -49,8 +50,9 @@ async def list_inputs(net: Network, window: int, seg: Segment, bucket: Bucket, d
             k = ObjectKey.parse(info.key)
             if (k.run, k.window, k.segment, k.role) != (net.spec.run_id, window, seg.index, "in"):
                 raise MetadataMismatch(f"{info.key} is not an input of segment {seg.index}")
-            if not directory.is_peer(k.hotkey):
-                raise UnknownHotkey(f"{k.hotkey} is not a registered peer")
+            excluded = directory.exclusion(k.hotkey, "peer")  # unknown, or outside the allow/deny lists
+            if excluded is not None:
+                raise excluded
             if not on_time(info.last_modified.timestamp(), deadline, skew):
                 raise Late(f"written {info.last_modified.timestamp() - deadline:.1f}s after the upload deadline")
         except InvalidObject as e:
@@ -62,14 +64,25 @@ async def list_inputs(net: Network, window: int, seg: Segment, bucket: Bucket, d
     return sorted(refs, key=lambda r: r.hotkey)
 
 
+def _decode_and_prove(data, key: str, expect, salt: bytes | None):
+    decoded = decode(data, key, expect)
+    if salt is None:
+        return decoded, None
+    raw = memoryview(decoded.tensors["data"].view(torch.uint8).numpy())
+    return decoded, proof_rows(raw, salt)
+
+
 async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, ref: InputRef,
-                      rejected: Counter) -> tuple[str, torch.Tensor] | None:
-    """Download and verify one input: ``(sha256, values)``, or None (counted in ``rejected``)."""
+                      rejected: Counter, salt: bytes | None = None):
+    """Download and verify one input: ``(sha256, values, proof rows or None)``, or None (counted in ``rejected``).
+
+    With a ``salt`` (a miner's), also compute the input's proof-of-possession rows while its bytes are in memory.
+    """
     directory = await net.directory(window)
     expect = net.segment_expect(seg, allowed=directory.is_peer)
     try:
         data = await bucket.store.get(bucket.name, ref.key, max_bytes=expect.max_bytes, if_match=ref.info.etag)
-        decoded = await asyncio.to_thread(decode, data, ref.key, expect)
+        decoded, proof = await asyncio.to_thread(_decode_and_prove, data, ref.key, expect, salt)
     except ObjectTooLarge as e:
         rejected["oversized"] += 1
         log.info("window %d segment %d: input from %s is oversized: %s", window, seg.index, ref.hotkey[:10], e)
@@ -83,12 +96,13 @@ async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, r
         rejected["unreadable"] += 1
         log.warning("window %d segment %d: input from %s unreadable: %s", window, seg.index, ref.hotkey[:10], e)
         return None
-    return decoded.sha256, decoded.tensors["data"]
+    return decoded.sha256, decoded.tensors["data"], proof
 
 
 async def reduce_segment(net: Network, window: int, seg: Segment, bucket: Bucket, deadline: float,
-                         rejected: Counter, lookahead: int = 2) -> Accumulator:
-    """Mean of the valid on-time inputs of ``seg`` in ``bucket``, added in canonical (hotkey) order."""
+                         rejected: Counter, lookahead: int = 2, salt: bytes | None = None) -> Accumulator:
+    """Mean of the valid on-time inputs of ``seg`` in ``bucket``, added in canonical (hotkey) order; with a
+    ``salt``, the accumulator also collects each input's proof-of-possession rows."""
     refs = await list_inputs(net, window, seg, bucket, deadline, rejected)
     acc = Accumulator(seg.numel)
     pending: deque[asyncio.Task] = deque()
@@ -97,7 +111,7 @@ async def reduce_segment(net: Network, window: int, seg: Segment, bucket: Bucket
     def start_next() -> None:
         ref = next(upcoming, None)
         if ref is not None:
-            pending.append(asyncio.create_task(fetch_input(net, window, seg, bucket, ref, rejected)))
+            pending.append(asyncio.create_task(fetch_input(net, window, seg, bucket, ref, rejected, salt)))
 
     for _ in range(max(1, lookahead)):
         start_next()
@@ -105,7 +119,7 @@ async def reduce_segment(net: Network, window: int, seg: Segment, bucket: Bucket
         for ref in refs:
             got = await pending.popleft()
             if got is not None:
-                acc.add(ref.hotkey, got[0], got[1])
+                acc.add(ref.hotkey, *got)
             del got  # release this input before the next download starts: memory stays bounded
             start_next()
     finally:

@@ -4,10 +4,12 @@ In a miner's bucket::
 
     {run}/w{window:08d}/s{segment:05d}/in/{peer_hotkey}       a peer's signed input for one segment
     {run}/w{window:08d}/s{segment:05d}/out/{miner_hotkey}     the miner's signed reduced slice
+    {run}/w{window:08d}/s{segment:05d}/bcast/{sender_hotkey}  one segment of a peer's broadcast, signed by the sender
 
 In a peer's bucket::
 
     {run}/w{window:08d}/record/{peer_hotkey}                  the peer's signed record of what it uploaded where
+    {run}/w{window:08d}/bcast-record/{peer_hotkey}            the peer's signed record of a broadcast it sent
 
 In a validator's bucket::
 
@@ -24,9 +26,12 @@ from dataclasses import dataclass
 from .errors import KeyMismatch
 from .names import check_hotkey, check_run_id
 
-ROLES = ("in", "out", "record", "report")
+ROLES = ("in", "out", "record", "report", "bcast", "bcast-record")
+# Roles that belong to one segment and so carry ``s{segment}/`` in their key.
+SEGMENTED = ("in", "out", "bcast")
 _KEY = re.compile(
-    r"(?P<run>[^/]+)/w(?P<window>\d{8})/(?:s(?P<segment>\d{5})/)?(?P<role>in|out|record|report)/(?P<hotkey>[^/]+)"
+    r"(?P<run>[^/]+)/w(?P<window>\d{8})/(?:s(?P<segment>\d{5})/)?"
+    r"(?P<role>in|out|record|report|bcast|bcast-record)/(?P<hotkey>[^/]+)"
 )
 
 
@@ -45,7 +50,7 @@ class ObjectKey:
             raise ValueError(f"unknown role {self.role!r}")
         if not 0 <= self.window < 10**8:
             raise ValueError(f"window out of range: {self.window}")
-        segmented = self.role in ("in", "out")
+        segmented = self.role in SEGMENTED
         if segmented != (self.segment is not None):
             raise ValueError(f"role {self.role!r} {'needs' if segmented else 'takes no'} segment")
         if self.segment is not None and not 0 <= self.segment < 10**5:
@@ -72,7 +77,7 @@ def window_prefix(run: str, window: int) -> str:
 
 
 def segment_prefix(run: str, window: int, segment: int, role: str) -> str:
-    """Prefix listing every object of one role (``in`` or ``out``) for one segment."""
+    """Prefix listing every object of one role (``in``, ``out`` or ``bcast``) for one segment."""
     return f"{window_prefix(run, window)}s{segment:05d}/{role}/"
 
 
@@ -90,3 +95,13 @@ def record_key(run: str, window: int, peer: str) -> ObjectKey:
 
 def report_key(run: str, window: int, validator: str) -> ObjectKey:
     return ObjectKey(run, window, "report", validator)
+
+
+def broadcast_key(run: str, window: int, segment: int, sender: str) -> ObjectKey:
+    """One segment of ``sender``'s broadcast, as hosted in a miner's bucket."""
+    return ObjectKey(run, window, "bcast", sender, segment)
+
+
+def broadcast_record_key(run: str, window: int, sender: str) -> ObjectKey:
+    """``sender``'s signed record of its broadcast, in its own bucket."""
+    return ObjectKey(run, window, "bcast-record", sender)

@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
+
 from storage import NotFound, PreconditionFailed, StorageError
 
 from . import keys
@@ -23,7 +25,10 @@ from .codec import ObjectMeta, encode
 from .directory import BucketLocation
 from .inputs import reduce_segment
 from .network import Bucket, Network
+from .observers import Observers
 from .plan import Segment
+from .proof import proof_salt
+from .trust import standing_line
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ class Miner:
         self.net = net
         self.bucket_name = bucket
         self.config = config
+        self.observers = Observers()  # each called with every MinerWindowReport (metrics)
 
     async def setup(self, location: BucketLocation) -> None:
         """Create our bucket if needed and publish it on chain."""
@@ -89,6 +95,8 @@ class Miner:
         while (windows is None or len(reports) < windows) and not (stop and stop.is_set()):
             report = await self.run_window(window)
             log.info(report.line())
+            log.info(await standing_line(self.net, window))  # what the validators we trust say of us
+            self.observers.notify(report)
             reports.append(report)
             window += 1
         return reports
@@ -119,26 +127,50 @@ class Miner:
 
     async def _reduce_and_write(self, window: int, seg: Segment, bucket: Bucket, deadline: float,
                                 rejected: Counter) -> SegmentOutcome:
-        spec = self.net.spec
-        key = str(keys.output_key(spec.run_id, window, seg.index, self.net.hotkey))
+        key = str(keys.output_key(self.net.spec.run_id, window, seg.index, self.net.hotkey))
         try:
             await bucket.store.head(bucket.name, key)
             return SegmentOutcome(seg.index, 0, "existing")  # written before a restart; write-once
         except NotFound:
             pass
         try:
-            acc = await reduce_segment(self.net, window, seg, bucket, deadline, rejected, self.config.lookahead)
-            if not acc.count:
+            produced = await self.produce(window, seg, bucket, deadline, rejected)
+            if produced is None:
                 return SegmentOutcome(seg.index, 0, "no-inputs")
-            mean = acc.mean(spec.torch_wire_dtype)
-            inputs = [[h, s] for h, s in zip(acc.hotkeys, acc.hashes)]
-            meta = ObjectMeta(spec.run_id, window, "out", self.net.hotkey, seg.index,
-                              extra={"inputs": json.dumps(inputs, separators=(",", ":")), "count": str(acc.count)})
-            obj = await asyncio.to_thread(encode, meta, {"data": mean}, self.net.signer)
-            await bucket.store.put(bucket.name, key, obj.data, if_none_match=True)
-            return SegmentOutcome(seg.index, acc.count, "written")
+            await self.publish(window, seg, bucket, produced)
+            return SegmentOutcome(seg.index, len(produced.inputs), "written")
         except PreconditionFailed:
             return SegmentOutcome(seg.index, 0, "existing")
         except StorageError as e:
             log.error("window %d segment %d: could not reduce or write: %s", window, seg.index, e)
             return SegmentOutcome(seg.index, 0, "failed")
+
+    async def produce(self, window: int, seg: Segment, bucket: Bucket, deadline: float,
+                      rejected: Counter) -> "Produced | None":
+        """The honest output: the ordered mean of the valid on-time inputs, with the proof of possession."""
+        salt = proof_salt(self.net.spec.run_id, window, seg.index, self.net.hotkey)
+        acc = await reduce_segment(self.net, window, seg, bucket, deadline, rejected, self.config.lookahead, salt)
+        if not acc.count:
+            return None
+        return Produced(acc.mean(self.net.spec.torch_wire_dtype), list(zip(acc.hotkeys, acc.hashes)),
+                        torch.stack(acc.proofs))
+
+    async def publish(self, window: int, seg: Segment, bucket: Bucket, produced: "Produced",
+                      write_once: bool = True) -> None:
+        """Sign and write an output, write-once."""
+        spec = self.net.spec
+        inputs = [[h, s] for h, s in produced.inputs]
+        meta = ObjectMeta(spec.run_id, window, "out", self.net.hotkey, seg.index,
+                          extra={"inputs": json.dumps(inputs, separators=(",", ":")), "count": str(len(inputs))})
+        tensors = {"data": produced.mean, "proof": produced.proof}
+        obj = await asyncio.to_thread(encode, meta, tensors, self.net.signer)
+        await bucket.store.put(bucket.name, str(meta.key), obj.data, if_none_match=write_once)
+
+
+@dataclass
+class Produced:
+    """An output before it is signed: the mean, the inputs it covers (hotkey, hash), their proof rows."""
+
+    mean: torch.Tensor
+    inputs: list[tuple[str, str]]
+    proof: torch.Tensor

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
 
 from .chain.base import Chain
+from . import hashtree
 from .codec import Expect, expected_object_bytes
 from .directory import Admission, BucketLocation, Directory
 from .plan import Plan, Segment, make_plan
@@ -76,7 +77,10 @@ class Network:
                  admission: Admission | None = None, chain_signer: object | None = None,
                  chain_poll: float | None = None):
         """``chain_signer`` signs chain writes: the bittensor ``Wallet`` on a real chain (the SDK needs it), or by
-        default the hotkey ``Keypair`` (enough for the local chain)."""
+        default the hotkey ``Keypair`` (enough for the local chain). ``admission`` is this process's own lists; the
+        run spec's apply on top (:class:`~mapreduce.directory.Admission`)."""
+        # Both together, checked now: two allow lists with nothing in common is a configuration error, not a run.
+        self.policy = Admission.from_spec(spec).narrow(admission or Admission())
         self.spec = spec
         self._chain_signer = chain_signer if chain_signer is not None else signer.keypair
         self.chain = chain
@@ -130,7 +134,7 @@ class Network:
         if d is None:
             neurons, commitments = await asyncio.gather(asyncio.to_thread(self.chain.neurons),
                                                         asyncio.to_thread(self.chain.commitments))
-            d = Directory.build(neurons, commitments, self.admission)
+            d = Directory.build(neurons, commitments, Admission.from_spec(self.spec), self.admission)
             self._directories = {w: v for w, v in self._directories.items() if w >= window - 2}
             self._directories[window] = d
         return d
@@ -162,8 +166,18 @@ class Network:
     # -- what readers expect ---------------------------------------------------------------------------------------
 
     def segment_expect(self, segment: Segment, allowed) -> Expect:
-        """Inputs and outputs of one segment: a single wire-dtype vector named ``data``."""
+        """An input of one segment: a single wire-dtype vector named ``data``."""
         tensors = {"data": (WIRE_CODES[self.spec.wire_dtype], (segment.numel,))}
         return Expect(tensors, allowed=allowed,
                       max_bytes=expected_object_bytes(tensors, header_slack=self.spec.max_header_bytes),
+                      max_header_bytes=self.spec.max_header_bytes)
+
+    def output_expect(self, segment: Segment, miner: str, max_inputs: int) -> Expect:
+        """A miner's output: the reduced ``data`` and one ``proof`` row per input and data chunk."""
+        chunks = hashtree.leaf_count(segment.numel * self.spec.torch_wire_dtype.itemsize)
+        tensors = {"data": (WIRE_CODES[self.spec.wire_dtype], (segment.numel,)),
+                   "proof": ("U8", (None, chunks, hashtree.PROOF_BYTES))}
+        largest = {"data": tensors["data"], "proof": ("U8", (max(1, max_inputs), chunks, hashtree.PROOF_BYTES))}
+        return Expect(tensors, allowed=lambda h: h == miner,
+                      max_bytes=expected_object_bytes(largest, header_slack=self.spec.max_header_bytes),
                       max_header_bytes=self.spec.max_header_bytes)

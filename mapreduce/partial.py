@@ -61,6 +61,12 @@ class RangeReader:
 
     async def read(self, name: str, start: int, end: int) -> torch.Tensor:
         """Elements ``[start, end)`` of the flattened tensor ``name``, checked against the signed hash tree."""
+        values, _, _ = await self.read_chunks(name, start, end)
+        return values
+
+    async def read_chunks(self, name: str, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
+        """Like :meth:`read`, also returning the index of the first covering data chunk and the verified bytes of
+        the covering chunks (for proofs of possession, which are per chunk)."""
         header = await self.open()
         entry = header.entries[name]
         numel = (entry.end - entry.start) // entry.itemsize
@@ -97,4 +103,4 @@ class RangeReader:
         piece = bytearray(chunks[byte_start - lo:byte_end - lo])
         values = torch.frombuffer(piece, dtype=DTYPES[entry.dtype]) if piece else torch.empty(0)
         check_finite(name, values)
-        return values
+        return values, first_chunk, chunks

@@ -31,13 +31,14 @@ from storage import NotFound, ObjectTooLarge, PreconditionFailed, StorageError
 
 from . import keys
 from .codec import Encoded, ObjectMeta, check_finite, decode, encode
-from .audit import (ReaderCache, UploadRecord, Wrong, check_against_records, listed_inputs, open_listed_inputs,
-                    read_records, recompute_difference, sample_ranges)
+from .audit import (ReaderCache, UploadRecord, Wrong, check_against_records, check_proof_shape, listed_inputs,
+                    open_listed_inputs, read_records, recompute_difference, sample_ranges)
 from .errors import Late, ProtocolError
 from .flat import flatten, unflatten
 from .inputs import reduce_segment
 from .network import Network
 from .plan import Plan, Segment
+from .proof import proof_salt
 from .windows import on_time
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,8 @@ class Peer:
                             result: AllReduceResult):
         """``None`` if absent, ``False`` if invalid, else ``(values, inputs)``."""
         key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
-        expect = self.net.segment_expect(seg, allowed=lambda h: h == miner)
+        directory = await self.net.directory(plan.window)
+        expect = self.net.output_expect(seg, miner, len(directory.peers))
         phases = self.net.phases(plan.window)
         async with self._sem:
             try:
@@ -254,7 +256,8 @@ class Peer:
                 decoded = await asyncio.to_thread(decode, data, key, expect)
                 inputs = listed_inputs(decoded.meta)
                 values = decoded.tensors["data"]
-                await self._audit(plan, seg, miner, bucket, inputs, values)
+                check_proof_shape(tuple(decoded.tensors["proof"].shape), inputs)
+                await self._audit(plan, seg, miner, bucket, inputs, values, decoded.tensors["proof"])
                 return values.float(), [list(i) for i in inputs]
             except NotFound:
                 return None
@@ -273,7 +276,7 @@ class Peer:
                 return None
 
     async def _audit(self, plan: Plan, seg: Segment, miner: str, bucket, inputs: list[tuple[str, str]],
-                     values: torch.Tensor) -> None:
+                     values: torch.Tensor, proof: torch.Tensor) -> None:
         """Trust an output only if it agrees with the peers' records and with a recomputed sample."""
         cache = ReaderCache(self.net, bucket)
         deadline = await self.net.block_timestamp(self.net.phases(plan.window).upload_deadline)
@@ -294,7 +297,11 @@ class Peer:
 
             async def output(a: int, b: int) -> torch.Tensor:
                 return values[a:b]
-            if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype) > 0:
+
+            async def rows(index: int, first: int, last: int) -> bytes:
+                return proof[index, first:last].numpy().tobytes()
+            salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
+            if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype, rows, salt) > 0:
                 raise Wrong("output differs from the mean recomputed from its inputs")
 
     async def _finish_alone(self, plan: Plan, seg: Segment, own: torch.Tensor,

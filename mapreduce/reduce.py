@@ -18,8 +18,9 @@ class Accumulator:
         self._last: str | None = None
         self.hotkeys: list[str] = []
         self.hashes: list[str] = []
+        self.proofs: list[torch.Tensor] = []
 
-    def add(self, hotkey: str, sha256: str, values: torch.Tensor) -> None:
+    def add(self, hotkey: str, sha256: str, values: torch.Tensor, proof: torch.Tensor | None = None) -> None:
         if self._last is not None and hotkey <= self._last:
             raise ValueError(f"inputs must be added in sorted hotkey order: {hotkey} after {self._last}")
         if values.numel() != self._sum.numel():
@@ -28,6 +29,8 @@ class Accumulator:
         self._last = hotkey
         self.hotkeys.append(hotkey)
         self.hashes.append(sha256)
+        if proof is not None:
+            self.proofs.append(proof)
 
     @property
     def count(self) -> int:

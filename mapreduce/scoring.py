@@ -12,8 +12,14 @@ For one sampled segment of one miner (see docs/PROTOCOL.md for the reasoning):
 - ``score = c * k * (1 - latency_weight + latency_weight * l)``; a missing, late or invalid output, or one that
   includes an invalid input, scores 0, the worst.
 
-A miner's window score is the mean over its sampled segments; ``ema = alpha * score + (1 - alpha) * ema``; weights
-are the EMAs normalised to sum to one.
+For one sampled broadcast copy a miner hosts (:mod:`mapreduce.hosting`): ``h = 0`` if the copy is missing, invalid
+or not the one the sender recorded, else ``h = 1 - hosting_latency_weight + hosting_latency_weight * s`` with speed
+``s = 1 - min(1, t / hosting_request_seconds)``, ``t`` the mean seconds per ranged GET of the validator's reads.
+
+A miner's window score is ``R``, the mean over its sampled segments, blended with ``H``, the mean over its sampled
+hosted copies, when it had both: ``(1 - hosting_weight) * R + hosting_weight * H`` (``R`` or ``H`` alone when it
+had only one kind of duty); ``ema = alpha * score + (1 - alpha) * ema``; weights are the EMAs normalised to sum
+to one.
 """
 from __future__ import annotations
 
@@ -32,6 +38,11 @@ class ScoringConfig:
     latency_weight: float = 0.25
     # Set weights on chain every this many windows.
     weights_every: int = 5
+    # Broadcast hosting: its share of a window score, the share of speed within it, and the per-request time
+    # (a ranged GET, as the validator saw it) at which speed earns nothing.
+    hosting_weight: float = 0.2
+    hosting_latency_weight: float = 0.5
+    hosting_request_seconds: float = 1.0
 
 
 @dataclass
@@ -57,6 +68,45 @@ def segment_score(check: SegmentCheck, cfg: ScoringConfig, reduce_seconds: float
     completeness = check.included_expected / check.expected if check.expected else 1.0
     lateness = 1.0 if check.latency is None else min(1.0, max(0.0, check.latency) / max(reduce_seconds, 1e-9))
     return correctness * completeness * (1.0 - cfg.latency_weight + cfg.latency_weight * (1.0 - lateness))
+
+
+@dataclass
+class HostingCheck:
+    """What the validator found for one broadcast copy a miner should host: the evidence behind a hosting score."""
+
+    miner: str
+    sender: str
+    segment: int
+    status: str  # "ok", "missing", "invalid", "wrong" (a valid object, but not the copy the sender recorded)
+    reason: str = ""
+    latency: float | None = None  # mean seconds per ranged GET of our reads
+    requests: int = 0
+    bytes_fetched: int = 0
+    score: float = 0.0
+
+
+def hosting_score(check: HostingCheck, cfg: ScoringConfig) -> float:
+    if check.status != "ok" or check.latency is None or not math.isfinite(check.latency):
+        return 0.0
+    speed = 1.0 - min(1.0, max(0.0, check.latency) / max(cfg.hosting_request_seconds, 1e-9))
+    return 1.0 - cfg.hosting_latency_weight + cfg.hosting_latency_weight * speed
+
+
+def window_scores(checks: list[SegmentCheck], hosting: list[HostingCheck], cfg: ScoringConfig) -> dict[str, float]:
+    """Each checked miner's score for the window: reduce checks and hosting checks blended by ``hosting_weight``."""
+    reduce: dict[str, list[float]] = {}
+    hosted: dict[str, list[float]] = {}
+    for c in checks:
+        reduce.setdefault(c.miner, []).append(c.score)
+    for h in hosting:
+        hosted.setdefault(h.miner, []).append(h.score)
+    out = {}
+    for miner in reduce.keys() | hosted.keys():
+        r = sum(reduce[miner]) / len(reduce[miner]) if miner in reduce else None
+        h = sum(hosted[miner]) / len(hosted[miner]) if miner in hosted else None
+        out[miner] = (r if h is None else h if r is None
+                      else (1.0 - cfg.hosting_weight) * r + cfg.hosting_weight * h)
+    return out
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 Named tensors with their shapes fix the flat parameter vector (tensors concatenated in the listed order); the
 segment count and redundancy fix the plan; the wire dtype fixes what goes over S3; the window config fixes the
-clock. A spec is plain JSON so operators can publish it beside their bucket and pass it with ``--spec``.
+clock; the allow and deny lists and the minimum validator stake fix who takes part (every participant applies them
+the same way, so they may change the plan, unlike a process's own ``--whitelist``/``--blacklist`` flags, which only
+narrow what that process accepts; see :class:`mapreduce.directory.Admission`). A spec is plain JSON so operators can
+publish it beside their bucket and pass it with ``--spec``.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .names import check_run_id
+from .names import check_hotkey, check_run_id
 from .windows import WindowConfig
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -40,6 +43,11 @@ class RunSpec:
     windows: WindowConfig = field(default_factory=WindowConfig)
     # Readers refuse anything larger before downloading it; see codec.max_object_bytes for the derived cap.
     max_header_bytes: int = 1 << 20
+    # Who takes part. Empty allow list: every registered hotkey; the deny list always wins.
+    allow_hotkeys: tuple[str, ...] = ()
+    deny_hotkeys: tuple[str, ...] = ()
+    # Peers and miners trust the reports of validators with a validator permit and at least this stake.
+    min_validator_stake: float = 0.0
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
@@ -56,6 +64,18 @@ class RunSpec:
             raise ValueError("redundancy must be >= 1")
         if self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}")
+        for name in ("allow_hotkeys", "deny_hotkeys"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be a list of hotkeys, not a string")
+            # JSON gives lists; a frozen spec keeps tuples so it stays hashable and compares equal after a round trip.
+            object.__setattr__(self, name, tuple(check_hotkey(h) for h in value))
+        both = set(self.allow_hotkeys) & set(self.deny_hotkeys)
+        if both:
+            raise ValueError(f"hotkeys on both the allow and the deny list: {sorted(both)[:3]}")
+        if not (isinstance(self.min_validator_stake, (int, float)) and math.isfinite(self.min_validator_stake)
+                and self.min_validator_stake >= 0):
+            raise ValueError("min_validator_stake must be a finite number >= 0")
 
     @property
     def numel(self) -> int:

@@ -23,16 +23,19 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from storage import NotFound, ObjectInfo, StorageError
+from storage import NotFound, ObjectInfo, PreconditionFailed, StorageError
 
 from . import keys
-from .audit import ReaderCache, Wrong, listed_inputs, open_listed_inputs, recompute_difference, sample_ranges
+from .audit import (ReaderCache, Wrong, check_proof_shape, listed_inputs, open_listed_inputs, recompute_difference,
+                    sample_ranges)
 from .errors import InvalidObject, Late
+from .hosting import HostingConfig, check_hosting, hosting_lines
 from .keys import ObjectKey
 from .network import Network
 from .observers import Observers
 from .plan import Plan, Segment
-from .scoring import Scoreboard, ScoringConfig, SegmentCheck, segment_score
+from .proof import proof_salt
+from .scoring import HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segment_score, window_scores
 from .windows import on_time
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class ValidatorConfig:
     poll_interval: float = 0.25
     concurrency: int = 8
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    hosting: HostingConfig = field(default_factory=HostingConfig)  # broadcast copies (mapreduce.hosting)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class WindowReport:
     bytes_fetched: int = 0
     output_bytes_checked: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    hosting: list[HostingCheck] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -87,7 +92,7 @@ class WindowReport:
                 + "".join(f", {n} {status}" for status, n in sorted(bad.items()))
                 + f", {len(scores)} miners scored, mean {mean:.3f}{low}, median latency "
                 + (f"{lat[len(lat) // 2]:.2f}s" if lat else "-") + f", rejected {rejected}, fetched "
-                + f"{self.bytes_fetched} B of {self.output_bytes_checked} B"
+                + f"{self.bytes_fetched} B to check {self.output_bytes_checked} B of outputs"
                 + (", weights set" if self.weights_set else ""))
 
     def table(self) -> str:
@@ -102,6 +107,7 @@ class WindowReport:
             lines.append(f"  {c.miner[:12]:12} {c.segment:>4} {c.status:8} {diff:>9} "
                          f"{c.included_expected}/{c.expected:<5} {lat:>8} {c.score:6.3f}"
                          + (f"  {c.reason}" if c.reason else ""))
+        lines += hosting_lines(self.hosting)
         for h in sorted(self.scores):
             lines.append(f"  score {h[:12]} window {self.scores[h]:.3f} ema {self.ema.get(h, 0):.3f}")
         return "\n".join(lines)
@@ -144,7 +150,21 @@ class Validator:
         plan = await self.net.plan(window)
         observation = await self.observe(plan)
         checks, fetched, checked_bytes, rejected = await self.check(plan, observation)
-        return await self.score(plan, checks, fetched, checked_bytes, rejected)
+        hosting = await check_hosting(self.net, window, self.config.hosting, self.config.scoring, rejected)
+        await self.recheck_overwrites(plan, observation, checks)
+        return await self.score(plan, checks, fetched, checked_bytes, rejected, hosting)
+
+    async def recheck_overwrites(self, plan: Plan, obs: Observation, checks: list[SegmentCheck]) -> None:
+        """At the window's end, list the outputs again: one whose ETag changed since we first saw it was
+        overwritten after the fact (peers downloading late would get other bytes than we checked)."""
+        await self.net.wait_for_block(self.net.phases(plan.window).end_block)
+        later = Observation()
+        await asyncio.gather(*(self._list_window(plan, m, later, inputs=False) for m in plan.miners))
+        for c in checks:
+            slot = (c.miner, c.segment)
+            if slot in obs.etags and later.etags.get(slot, obs.etags[slot]) != obs.etags[slot]:
+                c.status, c.reason = "wrong", "output was overwritten after the reduce deadline"
+                c.score = 0.0
 
     # -- 1. observe --------------------------------------------------------------------------------------------------
 
@@ -188,12 +208,16 @@ class Validator:
     async def check(self, plan: Plan, obs: Observation):
         rng = random.Random(await self.net.sample_seed(plan.window))
         cfg = self.config
+        directory = await self.net.directory(plan.window)
+        rejected: Counter = Counter()
         slots = []
         for miner in plan.miners:
+            if not directory.accepts(miner):
+                rejected["not_allowed"] += 1  # our own lists exclude it: no check, no score, no weight
+                continue
             segs = list(plan.segments_for(miner))
             for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
                 slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements)))
-        rejected: Counter = Counter()
         stats = {"fetched": 0, "checked": 0}
         checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats)
                                         for m, seg, ranges in slots))
@@ -246,9 +270,11 @@ class Validator:
             if not on_time(info.last_modified.timestamp(), obs.upload_deadline_time, skew):
                 continue
             try:
-                out[peer] = (await cache.reader(info, seg, directory.is_peer).open()).sha256
+                out[peer] = (await cache.reader(info, seg, directory.admits_peer).open()).sha256
             except InvalidObject as e:
                 rejected[e.reason] += 1  # the miner is right to leave it out
+            except PreconditionFailed:  # only the bucket's owner can replace an object (write-once for others)
+                raise Wrong(f"the input from {peer[:10]} was replaced after the upload deadline") from None
         return out
 
     async def _compare(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
@@ -262,30 +288,45 @@ class Validator:
         if not on_time(info.last_modified.timestamp(), obs.reduce_deadline_time,
                        self.net.spec.windows.clock_skew_seconds):
             raise Late("output written after the reduce deadline")
-        out_reader = cache.reader(info, seg, lambda h: h == miner)
+        directory = await self.net.directory(plan.window)
+        out_reader = cache.reader(info, seg, lambda h: h == miner,
+                                  self.net.output_expect(seg, miner, len(directory.peers)))
         header = await out_reader.open()
         stats["checked"] += info.size
         inputs = listed_inputs(header.meta)
+        proof_shape = header.entries["proof"].shape
+        check_proof_shape(proof_shape, inputs)
         check.included = len(inputs)
         check.included_expected = sum(expected.get(h) == s for h, s in inputs)
         input_readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs,
                                                  obs.upload_deadline_time, known=obs.inputs.get((miner, seg.index)))
+        row = proof_shape[1] * proof_shape[2]
+
+        async def proof(index: int, first: int, last: int) -> bytes:
+            rows = await out_reader.read("proof", index * row + first * proof_shape[2], index * row + last * proof_shape[2])
+            return rows.numpy().tobytes()
+
+        salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
         check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
-                                                      ranges, self.net.spec.torch_wire_dtype)
+                                                      ranges, self.net.spec.torch_wire_dtype, proof, salt)
+        reasons = []
         if check.difference > 0:
-            check.reason = "output differs from the recomputed mean"
+            reasons.append("output differs from the recomputed mean")
+        if check.included_expected < check.expected:
+            missing = sorted(set(expected) - {h for h, _ in inputs})
+            reasons.append(f"left out {check.expected - check.included_expected} valid input(s) "
+                           f"({', '.join(h[:10] for h in missing)})")
+        check.reason = "; ".join(reasons)
 
     # -- 3. score ----------------------------------------------------------------------------------------------------
 
     async def score(self, plan: Plan, checks: list[SegmentCheck], fetched: int, checked: int,
-                    rejected: Counter) -> WindowReport:
-        per_miner: dict[str, list[float]] = {}
-        for c in checks:
-            per_miner.setdefault(c.miner, []).append(c.score)
-        scores = {m: sum(v) / len(v) for m, v in per_miner.items()}
+                    rejected: Counter, hosting: list[HostingCheck] | None = None) -> WindowReport:
+        scores = window_scores(checks, hosting or [], self.config.scoring)
         self.board.update(plan.window, scores, self.config.scoring.ema_alpha)
         report = WindowReport(plan.window, self.net.hotkey, checks, scores, dict(self.board.ema),
-                              bytes_fetched=fetched, output_bytes_checked=checked, rejected=dict(rejected))
+                              bytes_fetched=fetched, output_bytes_checked=checked, rejected=dict(rejected),
+                              hosting=list(hosting or []))
         if plan.window - self.board.last_weights_window >= self.config.scoring.weights_every:
             report.weights_set = await self._set_weights(plan.window)
         self.board.save(self.state_path)
@@ -297,7 +338,7 @@ class Validator:
 
     async def _set_weights(self, window: int) -> bool:
         directory = await self.net.directory(window)
-        uids, weights = self.board.weights({h: directory.uid(h) for h in directory.miners})
+        uids, weights = self.board.weights({h: directory.uid(h) for h in directory.miners if directory.accepts(h)})
         if not uids:
             return False
         try:

@@ -26,6 +26,7 @@ from ..signing import Signer
 from ..spec import RunSpec
 from ..windows import WindowConfig
 from .model import make_model
+from .ops import metrics_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,7 @@ class Swarm:
         self.run_id = f"swarm-{int(time.time())}"
         self.dir = Path(cfg.run_dir or ROOT / "runs" / self.run_id).resolve()
         self.procs: list[Proc] = []
+        self.metrics_ports: dict[str, int] = {}  # process name -> its Prometheus port (swarm/ops.py)
 
     # -- set-up ------------------------------------------------------------------------------------------------------
 
@@ -124,11 +126,12 @@ class Swarm:
                   "--netuid", "1", "--wallet.path", str(self.dir / "wallets"), "--wallet.hotkey", "default",
                   "--env-file", str(self.dir / "no.env")]
         for i, m in enumerate(self.ids["miners"]):
-            self._spawn(f"miner-{i}", ["miner.py", "--bucket", m["bucket"], "--wallet.name", f"miner{i}", *common],
-                        env)
+            self._spawn(f"miner-{i}", ["miner.py", "--bucket", m["bucket"], "--wallet.name", f"miner{i}", *common,
+                                       *metrics_flags(self, f"miner-{i}")], env)
         v = self.ids["validators"][0]
         self._spawn("validator-0", ["validator.py", "--bucket", v["bucket"], "--wallet.name", "validator0",
-                                    "--state", str(self.dir / "validator-state.json"), *common], env)
+                                    "--state", str(self.dir / "validator-state.json"), *common,
+                                    *metrics_flags(self, "validator-0")], env)
         for i in range(self.cfg.peers):
             self._spawn(f"peer-{i}", ["-m", "mapreduce", "peer", "--run-dir", str(self.dir), "--index", str(i)], env)
 

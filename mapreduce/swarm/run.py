@@ -7,6 +7,7 @@ import time
 from storage import EmbeddedS3
 
 from ..chain.local import LocalChain
+from .ops import metrics_urls, plots_line
 from .orchestrator import Swarm, SwarmConfig
 
 
@@ -23,6 +24,7 @@ def run_swarm(cfg: SwarmConfig) -> int:
         chain = LocalChain.open(swarm.dir / "chain.sqlite")
         try:
             swarm.start(s3)
+            print(f"metrics: {metrics_urls(swarm)}")
             first = swarm.wait_ready(chain)
             reports = swarm.wait_done(s3, first, cfg.timeout)
         except RuntimeError as e:
@@ -30,7 +32,10 @@ def run_swarm(cfg: SwarmConfig) -> int:
             return 2
         finally:
             swarm.stop()
-    return summarize(swarm, first, reports, time.monotonic() - started)
+        plots = plots_line(swarm, s3, first)  # while the S3 server is up: it reads the validator's bucket
+    code = summarize(swarm, first, reports, time.monotonic() - started)
+    print(plots)
+    return code
 
 
 def summarize(swarm: Swarm, first: int, reports: dict[int, dict], seconds: float) -> int:

@@ -233,3 +233,17 @@ def test_encode_refuses_wrong_signer_and_bad_names() -> None:
         encode(ObjectMeta("../etc", 1, "in", WRITER.hotkey, 0), {"data": torch.zeros(1)}, WRITER)
     with pytest.raises(ValueError):
         encode(META, {"data": torch.zeros(1, dtype=torch.float64)}, WRITER)
+
+
+def test_header_length_that_looks_like_a_pickle_opcode_still_decodes() -> None:
+    # 0x380 = 896 is stored as 80 03 00 ..., the first two bytes of a protocol-3 pickle stream
+    for pad in range(600):
+        meta = ObjectMeta("run-a", 1, "record", WRITER.hotkey, extra={"pad": "x" * pad})
+        obj = encode(meta, {}, WRITER).data
+        if struct.unpack_from("<Q", obj)[0] == 0x380:
+            break
+    else:
+        pytest.fail("no padding gave a 0x380 header")
+    assert bytes(obj[:2]) == b"\x80\x03"
+    decoded = decode(obj, str(meta.key), Expect({}, REGISTERED.__contains__, 1 << 20))
+    assert decoded.meta.extra["pad"] == "x" * pad

@@ -18,7 +18,7 @@ from mapreduce.flat import flatten
 from mapreduce.miner import Miner
 from mapreduce.peer import Peer
 
-from .conftest import peer_gradients
+from tests.support.cluster import peer_gradients
 
 P = 4
 

@@ -16,7 +16,7 @@ from mapreduce.signing import Signer
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.scoring import ScoringConfig
 
-from .conftest import peer_gradients
+from tests.support.cluster import peer_gradients
 
 BLOCK = 0.2  # seconds; a window is 10 blocks
 

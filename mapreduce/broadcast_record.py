@@ -1,0 +1,109 @@
+"""What a broadcast is on the wire: its plan, the shape of its segment copies, and the sender's signed record.
+
+Shared by the sender and its receivers (:mod:`mapreduce.broadcast`) and by validators checking that miners host
+the copies (:mod:`mapreduce.hosting`), so all three agree on every rule.
+
+- **Plan.** The run's plan function (:func:`mapreduce.plan.make_plan`) over the same segments and miners, seeded
+  with ``"broadcast|{sender}|{hash of the window's first block}"``: a pure function of public facts that anyone can
+  recompute, and different per sender, so two peers broadcasting in one window load different miners.
+- **Copies.** Segment ``i`` is a signed object at ``{run}/w…/s…/bcast/{sender}`` in the bucket of each miner the
+  plan gives it, holding one ``F32`` tensor ``data`` of the segment's length. Always fp32, whatever the run's wire
+  dtype: a broadcast carries weights, which must arrive bit for bit, and fp32 holds any fp32, bf16 or fp16 value
+  exactly.
+- **Record.** ``{run}/w…/bcast-record/{sender}`` in the sender's own bucket, written after the copies: for each
+  segment its content hash and the miners that accepted a copy, plus a fingerprint of the run spec's tensors.
+  Receivers accept a copy only if its hash is the recorded one; validators score miners against it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from .codec import Encoded, Expect, ObjectMeta, decode, encode, expected_object_bytes
+from .errors import MalformedHeader, MetadataMismatch, ShapeMismatch
+from .keys import broadcast_record_key
+from .network import Network
+from .plan import Plan, Segment, make_plan
+from .signing import Signer
+from .spec import RunSpec
+
+DTYPE = "F32"
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def spec_fingerprint(spec: RunSpec) -> str:
+    """sha256 of the run's tensor names and shapes, in order: a receiver with another spec is told so plainly."""
+    tensors = [[t.name, list(t.shape)] for t in spec.tensors]
+    return hashlib.sha256(json.dumps(tensors, separators=(",", ":")).encode()).hexdigest()
+
+
+async def broadcast_plan(net: Network, window: int, sender: str) -> Plan:
+    """Which miners hold each segment of ``sender``'s broadcast in ``window``; waits for the window's first block."""
+    seed_block = net.phases(window).plan_seed_block
+    await net.wait_for_block(seed_block)
+    directory = await net.directory(window)
+    block_hash = await net.block_hash(seed_block)
+    return make_plan(net.spec, window, f"broadcast|{sender}|{block_hash}", directory.miners)
+
+
+def copy_expect(spec: RunSpec, seg: Segment, sender: str) -> Expect:
+    """What a reader requires of one segment copy: the sender's signature over one fp32 vector of the segment."""
+    tensors = {"data": (DTYPE, (seg.numel,))}
+    return Expect(tensors, allowed=lambda h: h == sender,
+                  max_bytes=expected_object_bytes(tensors, header_slack=spec.max_header_bytes),
+                  max_header_bytes=spec.max_header_bytes)
+
+
+def record_max_bytes(spec: RunSpec) -> int:
+    """Records hold no tensors: the header (capped by the spec) is all there is."""
+    return expected_object_bytes({}, header_slack=spec.max_header_bytes)
+
+
+@dataclass(frozen=True)
+class BroadcastRecord:
+    """The sender's signed account of one broadcast: per segment, its content hash and where copies are."""
+
+    window: int
+    sender: str
+    sha256: tuple[str, ...]  # segment -> content hash (root of the copy's sha256 tree)
+    stored_at: tuple[tuple[str, ...], ...]  # segment -> miners that accepted a copy, in plan order
+
+    def encode(self, spec: RunSpec, signer: Signer) -> Encoded:
+        rows = [[i, h, list(m)] for i, (h, m) in enumerate(zip(self.sha256, self.stored_at))]
+        meta = ObjectMeta(spec.run_id, self.window, "bcast-record", self.sender, extra={
+            "segments": json.dumps(rows, separators=(",", ":")), "spec": spec_fingerprint(spec),
+            "numel": str(spec.numel), "dtype": DTYPE})
+        return encode(meta, {}, signer)
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview, spec: RunSpec, plan: Plan, sender: str) -> "BroadcastRecord":
+        """Check a downloaded record against the spec and the broadcast plan; raises an ``InvalidObject``."""
+        key = str(broadcast_record_key(spec.run_id, plan.window, sender))
+        expect = Expect({}, allowed=lambda h: h == sender, max_bytes=record_max_bytes(spec),
+                        max_header_bytes=spec.max_header_bytes)
+        extra = decode(data, key, expect).meta.extra
+        if extra.get("spec") != spec_fingerprint(spec) or extra.get("numel") != str(spec.numel):
+            raise ShapeMismatch("the broadcast is for other tensors than this run spec's (fingerprint differs)")
+        if extra.get("dtype") != DTYPE:
+            raise MetadataMismatch(f"broadcast dtype {extra.get('dtype')!r:.20}, expected {DTYPE}")
+        try:
+            rows = json.loads(extra.get("segments", "null"))
+        except json.JSONDecodeError:
+            raise MalformedHeader("the record's segment list is not JSON") from None
+        if not isinstance(rows, list) or len(rows) != len(plan.segments):
+            raise MetadataMismatch(f"the record must list {len(plan.segments)} segments")
+        hashes, stored = [], []
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list) and len(row) == 3 and row[0] == i and isinstance(row[1], str)
+                    and _SHA.fullmatch(row[1]) and isinstance(row[2], list)
+                    and all(isinstance(m, str) for m in row[2])):
+                raise MalformedHeader(f"record row {i} is not [segment, sha256, [miners]]")
+            replicas = plan.miners_for(i)
+            if not row[2] or len(set(row[2])) != len(row[2]) or not set(row[2]) <= set(replicas):
+                raise MetadataMismatch(f"record stores segment {i} at {len(row[2])} miner(s) outside its plan "
+                                       "replicas, repeated, or nowhere")
+            hashes.append(row[1])
+            stored.append(tuple(m for m in replicas if m in row[2]))
+        return cls(plan.window, sender, tuple(hashes), tuple(stored))

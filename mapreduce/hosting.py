@@ -1,0 +1,181 @@
+"""Validators check that miners host the broadcast copies peers wrote into their buckets, and how fast they serve.
+
+A miner runs nothing for a broadcast; its duty is to keep the copies readable, quickly, until the window is pruned.
+After a window's reduce deadline a validator:
+
+1. lists each miner's window and collects the senders of ``bcast`` copies it finds (a miner that dropped a copy
+   cannot hide the broadcast: the other replicas and segments name the sender too);
+2. reads each sender's signed record from the sender's bucket (it must be on time, from an allowed peer, and agree
+   with the broadcast plan), which says which miner should hold which copy and its content hash; refused senders
+   and records are counted by reason and cost no miner anything;
+3. with a seed nobody knew before the reduce deadline, samples up to ``segments_per_miner`` of each miner's hosting
+   duties and reads each sampled copy's header and ``ranges_per_segment`` element ranges with ranged GETs
+   (:class:`~mapreduce.partial.RangeReader`: signature, hash tree), checking the copy's hash is the recorded one;
+4. times those reads from its own side, and scores each copy (:func:`mapreduce.scoring.hosting_score`).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from storage import NotFound, ObjectInfo, ObjectTooLarge, StorageError
+
+from . import hashtree, keys
+from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
+from .errors import InvalidObject, Late
+from .keys import ObjectKey
+from .network import Network
+from .partial import RangeReader
+from .plan import Segment, segment_bounds
+from .scoring import HostingCheck, ScoringConfig, hosting_score
+from .windows import on_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostingConfig:
+    segments_per_miner: int = 2
+    ranges_per_segment: int = 2
+    range_elements: int = 1024
+    concurrency: int = 8
+
+
+async def _hosted(net: Network, window: int, miner: str) -> dict[tuple[str, int], ObjectInfo]:
+    """(sender, segment) -> copy, for the broadcast copies listed in ``miner``'s bucket."""
+    bucket = await net.bucket(window, miner)
+    out = {}
+    for info in await bucket.store.list(bucket.name, keys.window_prefix(net.spec.run_id, window)):
+        try:
+            k = ObjectKey.parse(info.key)
+        except InvalidObject:
+            continue
+        if k.role == "bcast" and k.run == net.spec.run_id and k.window == window:
+            out[(k.hotkey, k.segment)] = info
+    return out
+
+
+async def _record(net: Network, window: int, sender: str, deadline: float, rejected: Counter) -> BroadcastRecord | None:
+    """The sender's record if it counts (allowed sender, on time, valid); else None, counted by reason."""
+    directory = await net.directory(window)
+    try:
+        excluded = directory.exclusion(sender, "peer")
+        if excluded is not None:
+            raise excluded
+        plan = await broadcast_plan(net, window, sender)
+        bucket = await net.bucket(window, sender)
+        key = str(keys.broadcast_record_key(net.spec.run_id, window, sender))
+        info = await bucket.store.head(bucket.name, key)
+        if not on_time(info.last_modified.timestamp(), deadline, net.spec.windows.clock_skew_seconds):
+            raise Late("broadcast record written after the upload deadline")
+        data = await bucket.store.get(bucket.name, key, max_bytes=record_max_bytes(net.spec), if_match=info.etag)
+        return await asyncio.to_thread(BroadcastRecord.decode, data, net.spec, plan, sender)
+    except InvalidObject as e:
+        rejected[e.reason] += 1
+        log.info("window %d: broadcast of %s not checked (%s): %s", window, sender[:10], e.reason, e)
+    except NotFound:
+        rejected["missing"] += 1
+        log.info("window %d: %s's copies are hosted but it wrote no broadcast record", window, sender[:10])
+    except ObjectTooLarge:
+        rejected["oversized"] += 1
+    except (StorageError, KeyError) as e:
+        rejected["unreadable"] += 1
+        log.info("window %d: cannot read %s's broadcast record: %s", window, sender[:10], e)
+    return None
+
+
+async def _check_copy(net: Network, window: int, miner: str, sender: str, seg: Segment, sha256: str,
+                      ranges: list[tuple[int, int]], scoring: ScoringConfig, rejected: Counter) -> HostingCheck:
+    check = HostingCheck(miner, sender, seg.index, "ok")
+    key = str(keys.broadcast_key(net.spec.run_id, window, seg.index, sender))
+    reader: RangeReader | None = None
+    started = time.monotonic()
+    try:
+        bucket = await net.bucket(window, miner)
+        info = await bucket.store.head(bucket.name, key)
+
+        async def fetch(start: int, end: int) -> bytes:
+            return await bucket.store.get_range(bucket.name, key, start, end, if_match=info.etag)
+        # A copy's header is ~1 KiB plus 64 hex characters per MiB of data: one read finds it.
+        guess = 4096 + 64 * hashtree.group_count(hashtree.leaf_count(info.size))
+        reader = RangeReader(fetch, info.size, key, copy_expect(net.spec, seg, sender), first_read=guess)
+        header = await reader.open()
+        if header.sha256 != sha256:
+            check.status, check.reason = "wrong", "a valid copy, but not the one the sender recorded"
+        else:
+            for start, end in ranges:
+                await reader.read("data", start, end)
+            check.requests = reader.requests + 1  # and the HEAD
+            check.latency = (time.monotonic() - started) / check.requests
+    except NotFound:
+        check.status, check.reason = "missing", "the copy is not in the miner's bucket"
+    except InvalidObject as e:
+        rejected[e.reason] += 1
+        check.status, check.reason = "invalid", f"{e.reason}: {e}"
+    except (StorageError, KeyError) as e:
+        check.status, check.reason = "missing", f"unreadable: {e}"
+    finally:
+        check.bytes_fetched = reader.bytes_fetched if reader else 0
+    check.score = hosting_score(check, scoring)
+    return check
+
+
+async def check_hosting(net: Network, window: int, cfg: HostingConfig, scoring: ScoringConfig,
+                        rejected: Counter) -> list[HostingCheck]:
+    """Sample and check the broadcast copies each miner should host for ``window``; waits for its reduce deadline.
+
+    Miners this process's own lists exclude are not checked (the reduce checks count them).
+    """
+    seed = await net.sample_seed(window)
+    rng = random.Random(hashlib.sha256(b"hosting|" + seed).digest())  # independent of the reduce samples
+    directory = await net.directory(window)
+    miners = [m for m in directory.miners if directory.accepts(m)]
+    deadline = await net.block_timestamp(net.phases(window).upload_deadline)
+
+    async def listing(miner: str) -> dict[tuple[str, int], ObjectInfo]:
+        try:
+            return await _hosted(net, window, miner)
+        except (StorageError, KeyError) as e:
+            log.info("window %d: cannot list miner %s for broadcasts: %s", window, miner[:10], e)
+            return {}
+    listings = await asyncio.gather(*(listing(m) for m in miners))
+    senders = sorted({sender for hosted in listings for sender, _ in hosted})
+    records = {}
+    for sender in senders:
+        record = await _record(net, window, sender, deadline, rejected)
+        if record is not None:
+            records[sender] = record
+    if not records:
+        return []
+
+    segments = segment_bounds(net.spec.numel, net.spec.segments)
+    picks = []
+    for miner in miners:  # sorted, as are senders and segments: every validator draws from the same list
+        duties = [(s, i) for s, rec in sorted(records.items()) for i in range(len(segments)) if miner in rec.stored_at[i]]
+        for sender, i in rng.sample(duties, min(cfg.segments_per_miner, len(duties))):
+            seg = segments[i]
+            n = min(cfg.range_elements, seg.numel)
+            ranges = sorted((a, a + n) for a in (rng.randrange(0, seg.numel - n + 1)
+                                                 for _ in range(cfg.ranges_per_segment)))
+            picks.append((miner, sender, seg, records[sender].sha256[i], ranges))
+    sem = asyncio.Semaphore(cfg.concurrency)
+
+    async def one(pick) -> HostingCheck:
+        async with sem:
+            return await _check_copy(net, window, *pick, scoring, rejected)
+    return list(await asyncio.gather(*(one(p) for p in picks)))
+
+
+def hosting_lines(checks: list[HostingCheck]) -> list[str]:
+    """Table rows for a validator's window report."""
+    lines = []
+    for c in sorted(checks, key=lambda c: (c.miner, c.sender, c.segment)):
+        lat = "-" if c.latency is None else f"{1000 * c.latency:.0f}ms/req"
+        lines.append(f"  hosting {c.miner[:12]:12} {c.segment:>4} from {c.sender[:8]} {c.status:8} {lat:>11} "
+                     f"{c.score:6.3f}" + (f"  {c.reason}" if c.reason else ""))
+    return lines

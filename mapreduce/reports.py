@@ -1,0 +1,164 @@
+"""A validator's per-window reports, read back from its bucket: ``python -m mapreduce report --bucket NAME``.
+
+The validator writes one JSON report per window at ``{run}/w{window:08d}/report/{hotkey}`` (mapreduce/keys.py;
+the fields are those of :class:`~mapreduce.validator.WindowReport`). This module finds them, picks one run and one
+validator, downloads the reports and hands them to :mod:`mapreduce.plots`, which draws the PNG files.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage import ObjectInfo, ObjectStore, S3Config, StorageError
+
+from . import keys
+from .errors import InvalidObject, ProtocolError
+from .names import check_bucket, check_run_id
+from .progress import bar
+
+log = logging.getLogger(__name__)
+
+MAX_REPORT_BYTES = 16 << 20  # a report lists a few checks per miner; far below this even with 256 miners
+
+
+class ReportError(Exception):
+    """The bucket holds no usable reports, or several candidates and no way to choose; the message says which."""
+
+
+@dataclass
+class ReportSet:
+    """One validator's reports of one run, oldest window first."""
+
+    bucket: str
+    run: str
+    validator: str
+    reports: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # keys whose report could not be read or parsed
+
+    @property
+    def windows(self) -> list[int]:
+        return [r["window"] for r in self.reports]
+
+
+def find_reports(listing: list[ObjectInfo], run: str | None = None,
+                 validator: str | None = None) -> tuple[str, str, list[ObjectInfo]]:
+    """(run, validator, report objects) chosen from a bucket listing.
+
+    Without ``run``, the run whose newest report is the most recent; without ``validator``, the only one that
+    reported on that run (several: :class:`ReportError`, naming them).
+    """
+    found: dict[tuple[str, str], list[ObjectInfo]] = defaultdict(list)
+    for info in listing:
+        try:
+            k = keys.ObjectKey.parse(info.key)
+        except InvalidObject:
+            continue
+        if k.role == "report" and (run is None or k.run == run) and (validator is None or k.hotkey == validator):
+            found[(k.run, k.hotkey)].append(info)
+    if not found:
+        wanted = " and ".join(x for x in (run and f"run {run}", validator and f"validator {validator}") if x)
+        raise ReportError("no validator reports found" + (f" for {wanted}" if wanted else "")
+                          + ": is this the validator's bucket, and has it finished a window?")
+    if run is None:
+        run = max(found, key=lambda rv: max(i.last_modified for i in found[rv]))[0]
+    validators = sorted(v for r, v in found if r == run)
+    if validator is None and len(validators) > 1:
+        raise ReportError(f"several validators reported on run {run}: {', '.join(validators)}; "
+                          "choose one with --validator")
+    validator = validator or validators[0]
+    return run, validator, sorted(found[(run, validator)], key=lambda i: i.key)
+
+
+async def load_reports(store: ObjectStore, bucket: str, run: str | None = None, validator: str | None = None,
+                       last: int | None = None, concurrency: int = 16) -> ReportSet:
+    """Download and parse the chosen reports (the ``last`` windows only, if given)."""
+    prefix = f"{check_run_id(run)}/" if run else ""  # a run's objects all start with it (mapreduce/keys.py)
+    listing = await store.list(bucket, prefix)
+    run, validator, infos = find_reports(listing, run, validator)
+    if last:
+        infos = infos[-last:]
+    result = ReportSet(bucket, run, validator)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def fetch(info: ObjectInfo) -> tuple[str, dict | None]:
+        async with sem:
+            try:
+                data = await store.get(bucket, info.key, max_bytes=MAX_REPORT_BYTES)
+                return info.key, parse_report(bytes(data))
+            except (StorageError, ValueError) as e:
+                log.warning("skipping %s: %s", info.key, e)
+                return info.key, None
+
+    tasks = [asyncio.ensure_future(fetch(i)) for i in infos]
+    for task in bar(asyncio.as_completed(tasks), "reports", total=len(tasks)):
+        key, report = await task
+        if report is None:
+            result.skipped.append(key)
+        else:
+            result.reports.append(report)
+    result.reports.sort(key=lambda r: r["window"])
+    return result
+
+
+def parse_report(data: bytes) -> dict:
+    """A report's JSON, with the fields the plots use checked; ValueError if it is not a report."""
+    r = json.loads(data)
+    if not isinstance(r, dict) or not isinstance(r.get("window"), int):
+        raise ValueError("not a window report (no integer 'window')")
+    for name, kind in (("checks", list), ("scores", dict), ("ema", dict), ("rejected", dict)):
+        r.setdefault(name, kind())
+        if not isinstance(r[name], kind):
+            raise ValueError(f"field {name!r} is not a {kind.__name__}")
+    return r
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bucket", required=True, help="the validator's bucket")
+    p.add_argument("--run", default=None, help="run id (default: the run with the most recent report)")
+    p.add_argument("--validator", default=None, metavar="HOTKEY",
+                   help="validator hotkey (needed only if several validators share the bucket)")
+    p.add_argument("--last", type=int, default=None, metavar="N", help="only the last N windows")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for the PNG files (default: reports/<run>)")
+    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+
+
+async def _run(args: argparse.Namespace) -> ReportSet:
+    cfg = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
+    async with ObjectStore(cfg) as store:
+        return await load_reports(store, args.bucket, args.run, args.validator, args.last)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``python -m mapreduce report``: print what was found and where the PNG files are; 0 on success."""
+    from .advice import describe
+    from .plots import render_report
+
+    try:
+        check_bucket(args.bucket)
+        reports = asyncio.run(_run(args))
+    except (ReportError, ProtocolError) as e:
+        print(f"error: {e}")
+        return 1
+    except StorageError as e:
+        print(f"error: {describe(e)}")
+        return 1
+    if not reports.reports:
+        print(f"error: none of the {len(reports.skipped)} reports of run {reports.run} could be read")
+        return 1
+    out = args.out or Path("reports") / reports.run
+    paths = render_report(reports, out)
+    w = reports.windows
+    print(f"run {reports.run}, validator {reports.validator}: {len(w)} windows ({w[0]}..{w[-1]})"
+          + (f", {len(reports.skipped)} unreadable reports skipped" if reports.skipped else ""))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0

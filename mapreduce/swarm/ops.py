@@ -1,0 +1,84 @@
+"""What the local swarm adds for operators: metrics ports for its miners and validator, and plots at its end.
+
+Each miner and the validator serve Prometheus metrics on a free port of 127.0.0.1 (``--metrics.port``); the ports
+are printed at start and kept in ``<run dir>/metrics.json``, so the endpoints can be scraped while the swarm runs.
+At the end the swarm runs ``python -m mapreduce report`` on its validator's bucket, as an operator would, and
+draws the peers' loss curve; the figures go to ``<run dir>/plots/`` and the command to ``logs/report.log``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from storage import EmbeddedS3
+
+if TYPE_CHECKING:
+    from .orchestrator import Swarm
+
+METRICS_HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = METRICS_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def metrics_flags(swarm: Swarm, name: str) -> list[str]:
+    """``--metrics.port`` (and host) for process ``name``; records the port in ``metrics.json``."""
+    port = free_port()
+    swarm.metrics_ports[name] = port
+    (swarm.dir / "metrics.json").write_text(json.dumps(swarm.metrics_ports, indent=1))
+    return ["--metrics.port", str(port), "--metrics.host", METRICS_HOST]
+
+
+def metrics_urls(swarm: Swarm) -> str:
+    return ", ".join(f"{name} http://{METRICS_HOST}:{port}/metrics" for name, port in swarm.metrics_ports.items())
+
+
+def report_command(swarm: Swarm, s3: EmbeddedS3) -> tuple[list[str], dict[str, str]]:
+    """The ``python -m mapreduce report`` command line (and its S3 variables) for the swarm's validator bucket."""
+    validator = swarm.ids["validators"][0]
+    argv = ["-m", "mapreduce", "report", "--bucket", validator["bucket"], "--run", swarm.run_id,
+            "--validator", validator["hotkey"], "--last", str(swarm.cfg.windows), "--out", str(swarm.dir / "plots")]
+    cfg = s3.config()
+    env = {"MR_S3_ENDPOINT_URL": s3.endpoint_url, "MR_S3_REGION": cfg.region, "MR_S3_ADDRESSING_STYLE": "path",
+           "MR_S3_ACCESS_KEY_ID": cfg.access_key_id or "", "MR_S3_SECRET_ACCESS_KEY": cfg.secret_access_key or ""}
+    return argv, env
+
+
+def write_plots(swarm: Swarm, s3: EmbeddedS3, first: int) -> list[Path]:
+    """Run ``python -m mapreduce report`` on the validator's bucket, exactly as an operator would, and draw the
+    peers' loss curve; both into ``<run dir>/plots``."""
+    from ..plots import plot_loss  # matplotlib only when plotting: the swarm's peers import this package too
+
+    argv, env = report_command(swarm, s3)
+    # --last N: the reports of the swarm's N windows, not those of the idle windows before the peers started.
+    done = subprocess.run([sys.executable, *argv], cwd=swarm.dir, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    shown = f"MR_S3_ENDPOINT_URL={s3.endpoint_url} MR_S3_ADDRESSING_STYLE=path python {' '.join(argv)}"  # no keys
+    (swarm.dir / "logs" / "report.log").write_text(f"$ {shown}\n{done.stdout}{done.stderr}")
+    if done.returncode != 0:
+        raise RuntimeError(f"the report command failed: {(done.stdout + done.stderr).strip()[-500:]}")
+    paths = [Path(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    windows = range(first, first + swarm.cfg.windows)
+    rows = [r for w, rs in swarm.peer_windows().items() if w in windows for r in rs]
+    if rows:
+        paths.append(plot_loss(rows, swarm.dir / "plots" / "loss.png", title=f"swarm {swarm.run_id}: loss per window"))
+    return paths
+
+
+def plots_line(swarm: Swarm, s3: EmbeddedS3, first: int) -> str:
+    """Draw the plots and say where they are, in one line; a plotting failure is reported, never raised, so it
+    cannot hide the run's verdict."""
+    try:
+        paths = write_plots(swarm, s3, first)
+    except Exception as e:
+        return f"plots: none ({type(e).__name__}: {e})"
+    return f"plots: {', '.join(str(p) for p in paths)}" if paths else "plots: none (no reports or losses)"

@@ -1,0 +1,121 @@
+"""Dishonest miners and peers for the adversary suite: real codec, real keys, real buckets; each cheats one way."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import torch
+
+from mapreduce import keys
+from mapreduce.codec import ObjectMeta, decode, encode
+from mapreduce.inputs import fetch_input, list_inputs
+from mapreduce.miner import Miner, Produced
+from mapreduce.network import Bucket
+from mapreduce.plan import Segment
+from mapreduce.proof import proof_rows, proof_salt
+from mapreduce.reduce import Accumulator
+from storage import NotFound
+
+
+class AdversarialMiner(Miner):
+    """``behaviour`` is one of :data:`MINER_BEHAVIOURS`."""
+
+    def __init__(self, *args, behaviour: str, victim_hotkeys: list[str] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.behaviour = behaviour
+        self.victims = victim_hotkeys or []  # honest miners a copier copies from
+        self.overwrites: list[asyncio.Task] = []
+
+    async def produce(self, window: int, seg: Segment, bucket: Bucket, deadline: float,
+                      rejected: Counter) -> Produced | None:
+        b = self.behaviour
+        if b == "copies":
+            return await self._copy(window, seg)
+        if b == "omits_one_peer":
+            return await self._reduce(window, seg, bucket, deadline, rejected, skip_first=True)
+        if b == "forges_input":
+            return await self._forge(window, seg, bucket, deadline, rejected)
+        produced = await super().produce(window, seg, bucket, deadline, rejected)
+        if produced is None:
+            return None
+        if b == "zeros":
+            produced.mean = torch.zeros_like(produced.mean)
+        elif b == "noise":
+            produced.mean = torch.randn(produced.mean.shape).to(produced.mean.dtype)
+        elif b == "nan":
+            produced.mean = torch.full_like(produced.mean, float("nan"))
+        return produced
+
+    async def publish(self, window: int, seg: Segment, bucket: Bucket, produced: Produced,
+                      write_once: bool = True) -> None:
+        phases = self.net.phases(window)
+        if self.behaviour == "late":
+            await self.net.wait_for_block(phases.reduce_deadline + 1)
+        await super().publish(window, seg, bucket, produced, write_once)
+        if self.behaviour == "overwrites_after_deadline":
+            self.overwrites.append(asyncio.create_task(self._overwrite_later(window, seg, bucket, produced)))
+
+    async def _overwrite_later(self, window, seg, bucket, produced) -> None:
+        await self.net.wait_for_block(self.net.phases(window).reduce_deadline + 1)
+        produced.mean = torch.zeros_like(produced.mean)
+        await super().publish(window, seg, bucket, produced, write_once=False)
+
+    async def _reduce(self, window, seg, bucket, deadline, rejected, skip_first=False) -> Produced | None:
+        salt = proof_salt(self.net.spec.run_id, window, seg.index, self.net.hotkey)
+        refs = await list_inputs(self.net, window, seg, bucket, deadline, rejected)
+        acc = Accumulator(seg.numel)
+        for ref in refs[1:] if skip_first else refs:
+            got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)
+            if got is not None:
+                acc.add(ref.hotkey, *got)
+        if not acc.count:
+            return None
+        return Produced(acc.mean(self.net.spec.torch_wire_dtype), list(zip(acc.hotkeys, acc.hashes)),
+                        torch.stack(acc.proofs))
+
+    async def _copy(self, window: int, seg: Segment) -> Produced | None:
+        """Wait for an honest replica's output and republish its data under our own name, never reading inputs."""
+        phases = self.net.phases(window)
+        directory = await self.net.directory(window)
+        while await self.net.block() < phases.reduce_deadline:
+            for victim in self.victims:
+                key = str(keys.output_key(self.net.spec.run_id, window, seg.index, victim))
+                try:
+                    bucket = await self.net.bucket(window, victim)
+                    data = await bucket.store.get(bucket.name, key)
+                except (NotFound, KeyError):
+                    continue
+                d = decode(data, key, self.net.output_expect(seg, victim, len(directory.peers)))
+                inputs = [tuple(i) for i in json.loads(d.meta.extra["inputs"])]
+                # the victim's proof is salted with the victim's hotkey: ours cannot be made without the inputs
+                return Produced(d.tensors["data"].clone(), inputs, d.tensors["proof"].clone())
+            await asyncio.sleep(0.05)
+        return None
+
+    async def _forge(self, window, seg, bucket, deadline, rejected) -> Produced | None:
+        """Put made-up values in place of the first peer's input (we cannot sign as that peer, so we sign the
+        forgery ourselves), store it under the peer's key, and reduce with it."""
+        salt = proof_salt(self.net.spec.run_id, window, seg.index, self.net.hotkey)
+        refs = await list_inputs(self.net, window, seg, bucket, deadline, rejected)
+        if not refs:
+            return None
+        victim = refs[0].hotkey
+        fake = torch.zeros(seg.numel, dtype=self.net.spec.torch_wire_dtype)
+        obj = encode(ObjectMeta(self.net.spec.run_id, window, "in", self.net.hotkey, seg.index), {"data": fake},
+                     self.net.signer)
+        key = str(keys.input_key(self.net.spec.run_id, window, seg.index, victim))
+        await bucket.store.delete(bucket.name, key)
+        await bucket.store.put(bucket.name, key, obj.data)
+        acc = Accumulator(seg.numel)
+        acc.add(victim, obj.sha256, fake, proof_rows(memoryview(fake.view(torch.uint8).numpy()), salt))
+        for ref in refs[1:]:
+            got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)
+            if got is not None:
+                acc.add(ref.hotkey, *got)
+        return Produced(acc.mean(self.net.spec.torch_wire_dtype), list(zip(acc.hotkeys, acc.hashes)),
+                        torch.stack(acc.proofs))
+
+
+MINER_BEHAVIOURS = ["zeros", "noise", "omits_one_peer", "copies", "late", "nan", "forges_input",
+                    "overwrites_after_deadline"]
