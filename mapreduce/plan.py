@@ -66,14 +66,18 @@ def plan_seed(spec: RunSpec, window: int, block_hash: str) -> str:
 
 
 def make_plan(spec: RunSpec, window: int, block_hash: str, miners: Iterable[str]) -> Plan:
-    """The plan for ``window``; ``miners`` are the active miners' hotkeys in any order (duplicates ignored)."""
+    """The plan for ``window``; ``miners`` are the active miners' hotkeys in any order (duplicates ignored).
+
+    With no active miners every segment has no replica: peers keep their own gradient (and say so), miners and
+    validators have nothing to do. A window like that is a fact of life (a run's first minutes), not an error.
+    """
     active = sorted({check_hotkey(m) for m in miners})
-    if not active:
-        raise ValueError("no active miners: nobody can hold a segment this window")
     seed = plan_seed(spec, window, block_hash)
+    segments = segment_bounds(spec.numel, spec.segments)
+    if not active:
+        return Plan(window=window, seed=seed, segments=segments, replicas=tuple(() for _ in segments))
     order = sorted(active, key=lambda m: hashlib.sha256(f"{seed}|{m}".encode()).digest())
     r = min(spec.redundancy, len(order))
-    segments = segment_bounds(spec.numel, spec.segments)
     replicas = tuple(
         tuple(order[(s.index * r + j) % len(order)] for j in range(r)) for s in segments
     )

@@ -58,8 +58,8 @@ def test_redundancy_two_when_enough_miners() -> None:
     assert make_plan(s, 0, "0x00", HOTKEYS[:2]).redundancy == 2
 
 
-def test_plan_needs_miners_and_valid_hotkeys() -> None:
-    with pytest.raises(ValueError):
-        make_plan(spec(10, 2), 0, "0x00", [])
+def test_plan_without_miners_is_empty_and_hotkeys_are_checked() -> None:
+    empty = make_plan(spec(10, 2), 0, "0x00", [])
+    assert empty.replicas == ((), ()) and empty.miners == () and len(empty.segments) == 2
     with pytest.raises(ValueError):
         make_plan(spec(10, 2), 0, "0x00", ["../../etc"])

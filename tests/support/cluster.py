@@ -6,7 +6,7 @@ Roles run as asyncio tasks in the test's process (the swarm test runs them as pr
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
@@ -17,6 +17,7 @@ from mapreduce.network import Network, StorePool
 from mapreduce.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.windows import WindowConfig
+from storage import RetryConfig, TransferConfig
 
 _run_ids = itertools.count()
 
@@ -66,7 +67,9 @@ async def cluster_factory(embedded_s3, tmp_path):
     made: list[Cluster] = []
 
     async def make(peers: int = 3, miners: int = 2, validators: int = 1, block_time: float = 0.1,
-                   extra_registered: int = 0, **spec_kw) -> Cluster:
+                   extra_registered: int = 0, endpoint: str | None = None, transfer: TransferConfig | None = None,
+                   retry: RetryConfig | None = None, **spec_kw) -> Cluster:
+        """``endpoint``: reach S3 through this URL instead (a fault proxy); ``transfer``/``retry``: storage knobs."""
         n = next(_run_ids)
         run_id = f"t{n}-{tmp_path.name[-12:]}".replace("_", "-").lower()
         spec = make_spec(run_id, **spec_kw)
@@ -78,7 +81,10 @@ async def cluster_factory(embedded_s3, tmp_path):
             for s in group:
                 chain.register(s.hotkey, stake=100.0 if role == "validators" else 0.0,
                                validator_permit=role == "validators")
-        c = Cluster(spec, chain, StorePool(embedded_s3.config()), embedded_s3.endpoint_url, signers)
+        config = embedded_s3.config()
+        if endpoint:
+            config = replace(config, endpoint_url=endpoint)
+        c = Cluster(spec, chain, StorePool(config, transfer, retry), config.endpoint_url, signers)
         made.append(c)
         return c
 
