@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--block-time", type=float, default=defaults.block_time, help="seconds per local block")
     sw.add_argument("--wire-dtype", choices=["float32", "bfloat16"], default=defaults.wire_dtype)
     sw.add_argument("--run-dir", type=Path, default=None, help="where the run writes (default runs/<run-id>)")
+    sw.add_argument("--faults", type=float, default=0.0, metavar="SHARE",
+                    help="inject S3 faults through a proxy: this share of requests answered 503, a fifth of it "
+                         "reset, a hundredth stalled 3 s (the soak: --windows 30 --faults 0.1)")
 
     pe = sub.add_parser("peer", help="(used by the swarm) one training peer process")
     pe.add_argument("--run-dir", type=Path, required=True)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         from .swarm.run import run_swarm
         cfg = SwarmConfig(peers=args.peers, miners=args.miners, windows=args.windows, segments=args.segments,
                           redundancy=args.redundancy, block_time=args.block_time, wire_dtype=args.wire_dtype,
-                          run_dir=args.run_dir)
+                          run_dir=args.run_dir, faults=args.faults)
         return run_swarm(cfg)
     if args.command == "peer":
         from .swarm.trainer import train

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import bittensor as bt
 from bittensor_wallet import Wallet
 
-from storage import S3Config, StorageError
+from storage import RetryConfig, S3Config, StorageError, TransferConfig
 
 from .advice import describe
 from .chain.base import Chain, ChainError
@@ -70,6 +70,12 @@ def build_parser(role: str) -> argparse.ArgumentParser:
                         "names in docs/OPERATIONS.md")
     p.add_argument("--metrics.host", dest="metrics.host", default="127.0.0.1", metavar="ADDR",
                    help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 to let another machine scrape)")
+    p.add_argument("--s3.connect_timeout", dest="s3.connect_timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="S3 connect timeout (default 5)")
+    p.add_argument("--s3.read_timeout", dest="s3.read_timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="S3 read timeout per request; keep it well under a window phase (default 30)")
+    p.add_argument("--s3.retry_budget", dest="s3.retry_budget", type=float, default=120.0, metavar="SECONDS",
+                   help="total time one S3 operation may spend retrying (default 120)")
     SubtensorChain.add_args(p)
     Wallet.add_args(p)
     bt.logging.add_args(p)
@@ -96,7 +102,8 @@ def published_location(role: str, bucket: str, s3: S3Config) -> BucketLocation:
     """What goes on chain: our bucket, and the endpoint and scoped keys others use (MR_PUBLIC_*)."""
     return BucketLocation(
         role=role, bucket=bucket,
-        endpoint=os.environ.get("MR_PUBLIC_ENDPOINT_URL", s3.endpoint_url or ""),
+        # Empty counts as unset, as for MR_S3_*: an empty line copied from .env.example must not publish "AWS".
+        endpoint=os.environ.get("MR_PUBLIC_ENDPOINT_URL") or s3.endpoint_url or "",
         access_key_id=os.environ.get("MR_PUBLIC_ACCESS_KEY_ID", ""),
         secret_access_key=os.environ.get("MR_PUBLIC_SECRET_ACCESS_KEY", ""),
     )
@@ -128,6 +135,14 @@ def load_wallet(args: argparse.Namespace) -> tuple[Wallet, Signer]:
                          "Create or regenerate it with btcli, or point --wallet.* at the right one.") from None
 
 
+def storage_knobs(args: argparse.Namespace) -> tuple[TransferConfig, RetryConfig]:
+    """Timeouts and the retry budget from ``--s3.*``: they must fit inside a window's phases."""
+    read = getattr(args, "s3.read_timeout")
+    transfer = TransferConfig(connect_timeout=getattr(args, "s3.connect_timeout"), read_timeout=read,
+                              operation_timeout=max(10 * read, getattr(args, "s3.retry_budget")))
+    return transfer, RetryConfig(total_budget=getattr(args, "s3.retry_budget"), max_delay=min(10.0, read))
+
+
 def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
     spec = load_spec(args.spec)
     try:
@@ -139,7 +154,8 @@ def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
     wallet, signer = load_wallet(args)
     s3 = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
     chain = open_chain(args)
-    net = Network(spec, chain, signer, StorePool(s3), admission=admission, chain_signer=wallet)
+    net = Network(spec, chain, signer, StorePool(s3, *storage_knobs(args)), admission=admission,
+                  chain_signer=wallet)
     return net, wallet, s3
 
 

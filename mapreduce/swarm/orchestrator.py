@@ -49,6 +49,12 @@ class SwarmConfig:
     model: dict = field(default_factory=lambda: {"dim": 32, "hidden": 128, "classes": 10})
     run_dir: Path | None = None
     timeout: float = 300.0
+    # Share of S3 requests answered 503 through a fault proxy between every process and the server (0: none);
+    # a fifth of that share gets its connection reset, a hundredth stalls for 3 s.
+    faults: float = 0.0
+    # Storage timeouts of every process: a local block is half a second, so a request must give up quickly.
+    s3_read_timeout: float = 2.0
+    s3_retry_budget: float = 10.0
 
 
 @dataclass
@@ -118,13 +124,16 @@ class Swarm:
         self.procs.append(proc)
         return proc
 
-    def start(self, s3: EmbeddedS3) -> None:
-        env = {**os.environ, "MR_S3_ENDPOINT_URL": s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
+    def start(self, s3: EmbeddedS3, endpoint: str | None = None) -> None:
+        """Start every process; ``endpoint`` is where they reach S3 (a fault proxy), by default the server."""
+        env = {**os.environ, "MR_S3_ENDPOINT_URL": endpoint or s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
                "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_REGION": "us-east-1", "MR_S3_ADDRESSING_STYLE": "path",
                "PYTHONUNBUFFERED": "1"}
         common = ["--spec", str(self.dir / "spec.json"), "--chain.local", str(self.dir / "chain.sqlite"),
                   "--netuid", "1", "--wallet.path", str(self.dir / "wallets"), "--wallet.hotkey", "default",
-                  "--env-file", str(self.dir / "no.env")]
+                  "--env-file", str(self.dir / "no.env"), "--s3.connect_timeout", "1",
+                  "--s3.read_timeout", str(self.cfg.s3_read_timeout),
+                  "--s3.retry_budget", str(self.cfg.s3_retry_budget)]
         for i, m in enumerate(self.ids["miners"]):
             self._spawn(f"miner-{i}", ["miner.py", "--bucket", m["bucket"], "--wallet.name", f"miner{i}", *common,
                                        *metrics_flags(self, f"miner-{i}")], env)

@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from storage import S3Config
+from storage import RetryConfig, S3Config, TransferConfig
 
 from ..chain.local import LocalChain
 from ..directory import BucketLocation
@@ -35,7 +35,10 @@ async def train(run_dir: Path, index: int) -> None:
     spec = RunSpec.load(run_dir / "spec.json")
     signer = Signer.from_uri(me["uri"])
     s3 = S3Config.from_env(env_file=None)
-    net = Network(spec, LocalChain.open(run_dir / "chain.sqlite"), signer, StorePool(s3))
+    transfer = TransferConfig(connect_timeout=1.0, read_timeout=cfg["s3_read_timeout"],
+                              operation_timeout=10 * cfg["s3_read_timeout"])
+    retry = RetryConfig(total_budget=cfg["s3_retry_budget"], max_delay=cfg["s3_read_timeout"])
+    net = Network(spec, LocalChain.open(run_dir / "chain.sqlite"), signer, StorePool(s3, transfer, retry))
     peer = Peer(net, me["bucket"], PeerConfig(fallback=cfg.get("fallback", "reduce")))
     out = run_dir / "peers" / f"p{index}"
     out.mkdir(parents=True, exist_ok=True)
