@@ -1,0 +1,165 @@
+"""Configuration dataclasses: where the endpoint is (`S3Config`), how bytes move (`TransferConfig`) and how
+failures are retried (`RetryConfig`).
+
+All three are frozen so a default instance can safely be shared; derive variants with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["S3Config", "TransferConfig", "RetryConfig", "MiB"]
+
+MiB = 1024 * 1024
+
+AddressingStyle = Literal["auto", "path", "virtual"]
+_ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+# S3's multipart limits; R2 and MinIO share them.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+
+
+def _mask(value: str | None, *, keep: int = 0) -> str | None:
+    if value is None:
+        return None
+    if keep and len(value) >= 4 * keep:
+        return "****" + value[-keep:]
+    return "****"
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where and as whom to talk S3.
+
+    ``endpoint_url=None`` means AWS itself. Use ``addressing_style="path"`` for MinIO and moto (bucket in the URL
+    path rather than the host name). Credentials left as None fall through to botocore's usual chain (environment,
+    profile, instance role). ``repr()`` masks the credentials.
+    """
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    addressing_style: AddressingStyle = "auto"
+    session_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.addressing_style not in _ADDRESSING_STYLES:
+            raise ValueError(f"addressing_style must be one of {_ADDRESSING_STYLES}, got {self.addressing_style!r}")
+        if not self.region:
+            raise ValueError("region must not be empty (use 'auto' for Cloudflare R2)")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key must be given together")
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Config(endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
+            f"access_key_id={_mask(self.access_key_id, keep=4)!r}, "
+            f"secret_access_key={_mask(self.secret_access_key)!r}, addressing_style={self.addressing_style!r}, "
+            f"session_token={_mask(self.session_token)!r})"
+        )
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(
+        cls,
+        env_file: str | os.PathLike[str] | None = ".env",
+        prefix: str = "MR_S3_",
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> S3Config:
+        """Build a config from ``{prefix}*`` variables, falling back to the standard ``AWS_*`` ones.
+
+        Reads ``env_file`` (dotenv syntax) if it exists; variables already in the process environment (or in
+        ``environ``, when given) win over the file. Empty values count as unset. Recognised, with their fallbacks:
+        ``ENDPOINT_URL`` (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), ``REGION`` (AWS_REGION, AWS_DEFAULT_REGION),
+        ``ACCESS_KEY_ID`` (AWS_ACCESS_KEY_ID), ``SECRET_ACCESS_KEY`` (AWS_SECRET_ACCESS_KEY), ``SESSION_TOKEN``
+        (AWS_SESSION_TOKEN) and ``ADDRESSING_STYLE``.
+        """
+        values: dict[str, str] = {}
+        if env_file is not None and os.path.isfile(env_file):
+            from dotenv import dotenv_values
+
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+
+        def pick(name: str, *fallbacks: str) -> str | None:
+            for var in (prefix + name, *fallbacks):
+                value = values.get(var, "").strip()
+                if value:
+                    return value
+            return None
+
+        return cls(
+            endpoint_url=pick("ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            region=pick("REGION", "AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
+            access_key_id=pick("ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+            secret_access_key=pick("SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+            addressing_style=(pick("ADDRESSING_STYLE") or "auto").lower(),  # type: ignore[arg-type]
+            session_token=pick("SESSION_TOKEN", "AWS_SESSION_TOKEN"),
+        )
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """How bytes move: when to split, how big the pieces, how many at once, how long to wait.
+
+    Objects of ``multipart_threshold`` bytes or more are uploaded as ``part_size`` parts, ``max_concurrency`` at a
+    time (part size grows automatically if the object would need more than 10,000 parts). Downloads of objects
+    larger than ``ranged_get_threshold`` fetch ``range_part_size`` ranges in parallel. ``max_pool_connections`` caps
+    the HTTP connections, and requests in flight, of one `ObjectStore` across all its operations.
+
+    Timeouts are per request attempt: ``connect_timeout`` to open a connection, ``read_timeout`` for the socket to
+    stay silent, ``operation_timeout`` for one whole attempt (one PutObject, one part, one ranged GET, including
+    reading its body). A timed-out attempt is retried under `RetryConfig`.
+    """
+
+    multipart_threshold: int = 16 * MiB
+    part_size: int = 8 * MiB
+    max_concurrency: int = 8
+    ranged_get_threshold: int = 16 * MiB
+    range_part_size: int = 8 * MiB
+    max_pool_connections: int = 32
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    operation_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise ValueError(f"part_size must be within [{MIN_PART_SIZE}, {MAX_PART_SIZE}] (S3 limits)")
+        if self.multipart_threshold < 1 or self.ranged_get_threshold < 1 or self.range_part_size < 1:
+            raise ValueError("thresholds and range_part_size must be positive")
+        if self.max_concurrency < 1 or self.max_pool_connections < 1:
+            raise ValueError("max_concurrency and max_pool_connections must be at least 1")
+        if min(self.connect_timeout, self.read_timeout, self.operation_timeout) <= 0:
+            raise ValueError("timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Exponential backoff for retryable failures (throttling, 5xx, timeouts, dropped connections).
+
+    Attempt *n* (n >= 1) that fails waits ``min(max_delay, base_delay * 2**(n-1))`` before the next one; with
+    ``jitter`` (full jitter) a uniform random fraction of that. At most ``max_attempts`` requests are sent and no
+    retry starts once ``total_budget`` seconds have passed since the first attempt; then `RetriesExhausted`.
+    """
+
+    max_attempts: int = 8
+    base_delay: float = 0.2
+    max_delay: float = 10.0
+    jitter: bool = True
+    total_budget: float = 120.0
+    # Not part of the policy, only of its reproducibility in tests.
+    seed: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0 or self.total_budget <= 0:
+            raise ValueError("delays must be non-negative and total_budget positive")

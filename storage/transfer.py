@@ -1,0 +1,246 @@
+"""Moving one large object in pieces: parallel multipart upload and parallel ranged download.
+
+These are the halves of `ObjectStore.put` and `ObjectStore.get` that split an object; every request still goes
+through the store's retry wrapper and connection limit. Payloads are never copied on the way up (parts are
+memoryview slices) and copied once on the way down (each response chunk lands directly in the caller's buffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .config import MAX_PARTS, MiB
+from .errors import PreconditionFailed, StorageError
+from .retry import TruncatedBody
+
+if TYPE_CHECKING:
+    from .client import ObjectInfo, ObjectStore
+
+__all__ = ["BodyStream", "gather_bounded", "read_into", "multipart_put", "ranged_get", "md5_etag", "multipart_etag"]
+
+log = logging.getLogger("storage.transfer")
+
+T = TypeVar("T")
+
+
+_SEND_CHUNK = 256 * 1024
+
+
+class BodyStream:
+    """An upload body that feeds the HTTP layer zero-copy slices of the payload.
+
+    Handed one large buffer, asyncio's socket transport (Python < 3.12) copies whatever the kernel does not take at
+    once into its own buffer and then shifts that buffer as it drains: measured ~0.7 s of CPU per 256 MiB here,
+    against ~0.1 s when fed 256 KiB slices, and PUT throughput to moto up by half. ``len()`` still provides the
+    Content-Length, so the body is not chunk-encoded. Each iteration starts from the beginning, so retries
+    simply send it again.
+    """
+
+    def __init__(self, view: memoryview, chunk: int = _SEND_CHUNK) -> None:
+        self._view = view
+        self._chunk = chunk
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    async def _slices(self) -> Any:
+        for start in range(0, len(self._view), self._chunk):
+            yield self._view[start : start + self._chunk]
+
+    def __aiter__(self) -> Any:
+        return self._slices()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # botocore rewinds a body before re-sending it after a redirect; iteration always starts at 0 anyway.
+        if offset or whence:
+            raise io.UnsupportedOperation("BodyStream can only seek to the start")
+        return 0
+
+
+def upload_body(view: memoryview) -> memoryview | BodyStream:
+    """What to pass as ``Body=``: small payloads go in one write, larger ones as a `BodyStream`."""
+    return view if len(view) <= _SEND_CHUNK else BodyStream(view)
+
+
+def strip_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def quote_etag(etag: str) -> str:
+    return f'"{strip_etag(etag)}"'
+
+
+def md5_etag(data: Any) -> str:
+    """The ETag S3 gives a single-request upload of ``data`` (no SSE-KMS): its hex MD5."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def multipart_etag(part_etags: list[str]) -> str:
+    """The ETag S3 gives a completed multipart upload: MD5 of the parts' binary MD5s, dash, part count."""
+    digests = b"".join(bytes.fromhex(strip_etag(e)) for e in part_etags)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """``preferred``, grown to a whole MiB if the object would otherwise need more than S3's 10,000 parts."""
+    needed = -(-size // MAX_PARTS)
+    if needed <= preferred:
+        return preferred
+    return -(-needed // MiB) * MiB
+
+
+async def gather_bounded(count: int, fn: Callable[[int], Awaitable[T]], concurrency: int) -> list[T]:
+    """``[await fn(i) for i in range(count)]`` with at most ``concurrency`` running at once.
+
+    The first failure cancels the rest and is raised as itself (not wrapped in an ExceptionGroup), so callers see
+    the same typed errors as for a single request.
+    """
+    results: list[Any] = [None] * count
+    indices = iter(range(count))
+
+    async def worker() -> None:
+        for i in indices:  # the iterator is shared: each worker takes the next free index
+            results[i] = await fn(i)
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, count))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    return results
+
+
+async def read_into(body: Any, dest: memoryview, *, whole: bool = True) -> None:
+    """Stream a response body into ``dest``.
+
+    With ``whole`` the body must be exactly as long as ``dest``; otherwise only its first ``len(dest)`` bytes are
+    read and the connection is dropped (the rest is not wanted). Reading into a preallocated buffer is about a third
+    faster than ``await body.read()``, which keeps every chunk alive until one final join.
+    """
+    stream = body.content  # aiohttp StreamReader under aiobotocore's StreamingBody
+    offset, size = 0, len(dest)
+    try:
+        while offset < size:
+            chunk = await stream.read(size - offset)
+            if not chunk:
+                raise TruncatedBody(f"body ended after {offset} of {size} bytes")
+            dest[offset : offset + len(chunk)] = chunk
+            offset += len(chunk)
+    except BaseException:
+        body.close()  # the connection is in an unknown state
+        raise
+    if not whole:
+        body.close()
+
+
+async def multipart_put(
+    store: ObjectStore, bucket: str, key: str, view: memoryview, *, if_none_match: bool, content_type: str
+) -> ObjectInfo:
+    """Upload ``view`` as a multipart upload with parallel parts; abort the upload if anything fails."""
+    client = store._client
+    size = len(view)
+    part_size = part_size_for(size, store.transfer.part_size)
+    count = -(-size // part_size)
+
+    async def create(_: int) -> str:
+        resp = await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
+        return resp["UploadId"]
+
+    upload_id = await store._call("CreateMultipartUpload", bucket, key, create)
+    completed = False
+    try:
+
+        async def upload(i: int) -> str:
+            body = upload_body(view[i * part_size : (i + 1) * part_size])
+
+            async def attempt(_: int) -> str:
+                resp = await client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=i + 1, Body=body)
+                return strip_etag(resp["ETag"])
+
+            etag = await store._call("UploadPart", bucket, key, attempt)
+            store.stats.sent(len(body))
+            return etag
+
+        etags = await gather_bounded(count, upload, store.transfer.max_concurrency)
+        parts = [{"PartNumber": i + 1, "ETag": quote_etag(e)} for i, e in enumerate(etags)]
+        extra = {"IfNoneMatch": "*"} if if_none_match else {}
+        attempts = 0
+
+        async def complete(n: int) -> dict[str, Any]:
+            nonlocal attempts
+            attempts = n
+            return await client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **extra
+            )
+
+        try:
+            resp = await store._call("CompleteMultipartUpload", bucket, key, complete)
+        except StorageError as exc:
+            # An earlier attempt may have completed the upload and only its answer got lost: the retry then sees
+            # the key taken (write-once) or the upload gone. If the object is exactly what we built, it is ours.
+            lost_answer = isinstance(exc, PreconditionFailed) or exc.code == "NoSuchUpload"
+            if attempts > 1 and lost_answer:
+                info = await store._matching_object(bucket, key, size, multipart_etag(etags))
+                if info is not None:
+                    completed = True
+                    return info
+            raise
+        completed = True
+        return store._info_from_put(key, size, resp)
+    finally:
+        if not completed:
+            # Shielded so a cancelled put still releases the parts it stored.
+            await asyncio.shield(_abort(store, bucket, key, upload_id))
+
+
+async def _abort(store: ObjectStore, bucket: str, key: str, upload_id: str) -> None:
+    async def attempt(_: int) -> None:
+        await store._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+    try:
+        await store._call("AbortMultipartUpload", bucket, key, attempt)
+    except StorageError as exc:
+        if getattr(exc, "code", None) != "NoSuchUpload":
+            log.warning("could not abort multipart upload of s3://%s/%s: %s", bucket, key, exc)
+
+
+async def ranged_get(
+    store: ObjectStore, bucket: str, key: str, dest: memoryview, start: int, end: int, etag: str
+) -> None:
+    """Fill ``dest[start:end]`` with the object's bytes [start, end) using parallel ranged GETs.
+
+    Every range is conditional on ``etag`` so that an object replaced mid-download fails with PreconditionFailed
+    instead of silently mixing two versions.
+    """
+    part = store.transfer.range_part_size
+    count = -(-(end - start) // part)
+    if_match = quote_etag(etag)
+
+    async def fetch(i: int) -> None:
+        lo = start + i * part
+        hi = min(end, lo + part)
+
+        async def attempt(_: int) -> None:
+            resp = await store._client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={lo}-{hi - 1}", IfMatch=if_match
+            )
+            if resp["ContentLength"] != hi - lo:
+                resp["Body"].close()
+                raise StorageError(
+                    f"GetObject s3://{bucket}/{key}: asked for {hi - lo} bytes at {lo}, got {resp['ContentLength']}",
+                    operation="GetObject", bucket=bucket, key=key,
+                )
+            await read_into(resp["Body"], dest[lo:hi])
+
+        await store._call("GetObject", bucket, key, attempt)
+        store.stats.received(hi - lo)
+
+    await gather_bounded(count, fetch, store.transfer.max_concurrency)

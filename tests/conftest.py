@@ -1,0 +1,55 @@
+"""Fixtures shared by the whole suite.
+
+Storage: one embedded moto S3 server for the session (``embedded_s3``), an `ObjectStore` on it per test
+(``store``), a fresh bucket per test (``bucket``) and a fault-injecting proxy in front of the server
+(``fault_proxy``; no faults until a test sets ``fault_proxy.plan``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from storage import EmbeddedS3, FaultProxy, ObjectStore, RetryConfig, TransferConfig
+
+MiB = 1024 * 1024
+
+# Small enough that a few MiB exercise every path (multipart needs parts of at least 5 MiB, S3's minimum).
+TEST_TRANSFER = TransferConfig(
+    multipart_threshold=6 * MiB,
+    part_size=5 * MiB,
+    ranged_get_threshold=2 * MiB,
+    range_part_size=1 * MiB,
+    max_concurrency=4,
+    connect_timeout=2.0,
+    read_timeout=5.0,
+    operation_timeout=30.0,
+)
+TEST_RETRY = RetryConfig(max_attempts=6, base_delay=0.02, max_delay=0.5, total_budget=30.0, seed=1)
+
+
+@pytest.fixture(scope="session")
+def embedded_s3() -> Iterator[EmbeddedS3]:
+    with EmbeddedS3() as s3:
+        yield s3
+
+
+@pytest.fixture
+async def store(embedded_s3: EmbeddedS3) -> AsyncIterator[ObjectStore]:
+    async with ObjectStore(embedded_s3.config(), TEST_TRANSFER, TEST_RETRY) as s:
+        yield s
+
+
+@pytest.fixture
+async def bucket(store: ObjectStore) -> str:
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    await store.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def fault_proxy(embedded_s3: EmbeddedS3) -> Iterator[FaultProxy]:
+    with FaultProxy(embedded_s3.endpoint_url) as proxy:
+        yield proxy
