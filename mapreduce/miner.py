@@ -29,6 +29,7 @@ from .observers import Observers
 from .plan import Segment
 from .proof import proof_salt
 from .trust import standing_line
+from .windows import settle_time
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Miner:
         self.bucket_name = bucket
         self.config = config
         self.observers = Observers()  # each called with every MinerWindowReport (metrics)
+        self._settle_at: dict[int, float] = {}  # window -> when its input listing is final (run_window sets it)
 
     async def setup(self, location: BucketLocation) -> None:
         """Create our bucket if needed and publish it on chain."""
@@ -110,6 +112,10 @@ class Miner:
         await self.net.wait_for_block(phases.upload_deadline)
         started = time.monotonic()
         deadline = await self.net.block_timestamp(phases.upload_deadline)
+        # Inputs stamped within the clock allowance may still appear until settle_time; rather than wait for it,
+        # produce() starts on what is listed now and reduce_segment lists again then (same result, sooner).
+        self._settle_at = {w: t for w, t in self._settle_at.items() if w > window - 3}
+        self._settle_at[window] = settle_time(deadline, self.net.spec.windows.clock_skew_seconds)
         bucket = await self.net.bucket(window, self.net.hotkey)
         sem = asyncio.Semaphore(self.config.segment_concurrency)
 
@@ -149,7 +155,8 @@ class Miner:
                       rejected: Counter) -> "Produced | None":
         """The honest output: the ordered mean of the valid on-time inputs, with the proof of possession."""
         salt = proof_salt(self.net.spec.run_id, window, seg.index, self.net.hotkey)
-        acc = await reduce_segment(self.net, window, seg, bucket, deadline, rejected, self.config.lookahead, salt)
+        acc = await reduce_segment(self.net, window, seg, bucket, deadline, rejected, self.config.lookahead, salt,
+                                   settle_at=self._settle_at.get(window))
         if not acc.count:
             return None
         return Produced(acc.mean(self.net.spec.torch_wire_dtype), list(zip(acc.hotkeys, acc.hashes)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import dataclass, replace
 
 from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
@@ -19,7 +20,7 @@ from .directory import Admission, BucketLocation, Directory
 from .plan import Plan, Segment, make_plan
 from .signing import Signer
 from .spec import RunSpec
-from .windows import Phases
+from .windows import Phases, settle_time
 
 WIRE_CODES = {"float32": "F32", "bfloat16": "BF16"}
 
@@ -110,6 +111,14 @@ class Network:
             if now >= block:
                 return now
             await asyncio.sleep(self._poll)
+
+    async def settle(self, deadline_block: int) -> float:
+        """Wait until every object that counts for the deadline is visible; returns the deadline's timestamp."""
+        deadline = await self.block_timestamp(deadline_block)
+        delay = settle_time(deadline, self.spec.windows.clock_skew_seconds) - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return deadline
 
     async def block_hash(self, block: int) -> str:
         return await asyncio.to_thread(self.chain.block_hash, block)

@@ -35,7 +35,7 @@ from .audit import (ReaderCache, UploadRecord, Wrong, check_against_records, che
                     open_listed_inputs, read_records, recompute_difference, sample_ranges)
 from .errors import Late, ProtocolError
 from .flat import flatten, unflatten
-from .inputs import reduce_segment
+from .inputs import download_listed, reduce_segment
 from .network import Network
 from .plan import Plan, Segment
 from .proof import proof_salt
@@ -246,12 +246,19 @@ class Peer:
         async with self._sem:
             try:
                 bucket = await self.net.bucket(plan.window, miner)
-                info = await bucket.store.head(bucket.name, key)
+                # A listing of the segment's outputs rather than a HEAD of ours: one cheap request per poll, where
+                # a HEAD that misses costs two (the store asks whether the bucket exists), and it gives the size
+                # and ETag the download needs, so that is one GET with no second HEAD.
+                prefix = keys.segment_prefix(self.net.spec.run_id, plan.window, seg.index, "out")
+                info = next((o for o in await bucket.store.list(bucket.name, prefix) if o.key == key), None)
+                if info is None:
+                    return None  # not there yet
                 if past_deadline:
                     deadline = await self.net.block_timestamp(phases.reduce_deadline)
                     if not on_time(info.last_modified.timestamp(), deadline, self.net.spec.windows.clock_skew_seconds):
-                        raise Late(f"output written {info.last_modified.timestamp() - deadline:.1f}s after the deadline")
-                data = await bucket.store.get(bucket.name, key, max_bytes=expect.max_bytes, if_match=info.etag)
+                        late_by = info.last_modified.timestamp() - deadline
+                        raise Late(f"output written {late_by:.1f}s after the deadline")
+                data = await download_listed(bucket, info, expect.max_bytes)
                 result.bytes_downloaded += len(data)
                 decoded = await asyncio.to_thread(decode, data, key, expect)
                 inputs = listed_inputs(decoded.meta)
@@ -291,7 +298,12 @@ class Peer:
             else:
                 raise Wrong(f"leaves out a valid input from {omitted[0][:10]}")
         if self.config.spot_check_ranges:
-            readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs, deadline)
+            # One listing gives every input's size, ETag and time: no HEAD per input.
+            prefix = keys.segment_prefix(self.net.spec.run_id, plan.window, seg.index, "in")
+            listed = {o.key: o for o in await bucket.store.list(bucket.name, prefix)}
+            known = {h: listed[k] for h, _ in inputs
+                     if (k := str(keys.input_key(self.net.spec.run_id, plan.window, seg.index, h))) in listed}
+            readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs, deadline, known=known)
             ranges = sample_ranges(random.Random(), seg, self.config.spot_check_ranges,
                                    self.config.spot_check_elements)
 

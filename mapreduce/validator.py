@@ -173,6 +173,8 @@ class Validator:
         obs = Observation()
         await self.net.wait_for_block(phases.upload_deadline)
         obs.upload_deadline_time = await self.net.block_timestamp(phases.upload_deadline)
+        # outputs appearing meanwhile are noted by the polling below; the inputs list must wait for stragglers
+        await self.net.settle(phases.upload_deadline)
         await asyncio.gather(*(self._list_window(plan, m, obs, inputs=True) for m in plan.miners))
         while True:
             past = await self.net.block() >= phases.reduce_deadline
@@ -303,7 +305,8 @@ class Validator:
         row = proof_shape[1] * proof_shape[2]
 
         async def proof(index: int, first: int, last: int) -> bytes:
-            rows = await out_reader.read("proof", index * row + first * proof_shape[2], index * row + last * proof_shape[2])
+            width = proof_shape[2]
+            rows = await out_reader.read("proof", index * row + first * width, index * row + last * width)
             return rows.numpy().tobytes()
 
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)

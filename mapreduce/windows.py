@@ -84,6 +84,19 @@ class Phases:
         return "after"
 
 
+# S3 stamps Last-Modified to the second, so an object written at t carries a stamp in (t - 1, t].
+LAST_MODIFIED_RESOLUTION = 1.0
+# Allowance for the lister's clock against the storage server's (both NTP-synced in practice).
+SETTLE_MARGIN = 0.25
+
+
 def on_time(written_at: float, deadline_timestamp: float, skew: float) -> bool:
     """Whether an object the storage server stamped at ``written_at`` (unix seconds) counts for a deadline."""
     return written_at <= deadline_timestamp + skew
+
+
+def settle_time(deadline_timestamp: float, skew: float) -> float:
+    """When every object that will count for a deadline is visible: one that counts has a stamp no later than
+    ``deadline + skew``, so it was written before ``deadline + skew + 1`` s. Miners and validators list a
+    deadline's objects only after this time (by their clock), or they could miss an input that counts."""
+    return deadline_timestamp + skew + LAST_MODIFIED_RESOLUTION + SETTLE_MARGIN

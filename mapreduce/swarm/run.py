@@ -29,7 +29,8 @@ def run_swarm(cfg: SwarmConfig) -> int:
             swarm.start(s3, endpoint=proxy.endpoint_url if cfg.faults else None)
             print(f"metrics: {metrics_urls(swarm)}")
             first = swarm.wait_ready(chain)
-            reports = swarm.wait_done(s3, first, cfg.timeout)
+            timeout = cfg.timeout or 120 + 2 * cfg.windows * cfg.blocks_per_window * cfg.block_time
+            reports = swarm.wait_done(s3, first, timeout)
         except RuntimeError as e:
             print(f"FAILED: {e}")
             return 2

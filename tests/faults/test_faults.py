@@ -151,5 +151,5 @@ async def test_s3_faults_windows_still_complete(cluster_factory, fault_proxy, re
     reliability("fault", "S3: 10% 503, 2% resets, one 5 s stall", "every peer got the full average, no fallback",
                 f"miner reduce {clean_miner:.2f}s -> {fault_miner:.2f}s; peer window {clean_peer:.1f}s -> "
                 f"{fault_peer:.1f}s (phases are fixed in blocks); injected 503 x{counts.get('error', 0)}, "
-                f"reset x{counts.get('reset_before', 0) + counts.get('reset_mid', 0)}, stall x{counts.get('stall', 0)} of {counts.get('requests', 0)} "
-                "requests")
+                f"reset x{counts.get('reset_before', 0) + counts.get('reset_mid', 0)}, "
+                f"stall x{counts.get('stall', 0)} of {counts.get('requests', 0)} requests")

@@ -46,7 +46,7 @@ def gloo_mean(flats: torch.Tensor) -> torch.Tensor:
 
 
 async def test_average_matches_gloo_all_reduce(cluster_factory) -> None:
-    c = await cluster_factory(peers=P, miners=2, block_time=0.2)
+    c = await cluster_factory(peers=P, miners=2, block_time=0.3)
     peers = [Peer(await c.join("peers", i), c.bucket_of("peers", i)) for i in range(P)]
     miners = [Miner(await c.join("miners", i), c.bucket_of("miners", i)) for i in range(2)]
     grads = peer_gradients(c.spec, P, seed=3)

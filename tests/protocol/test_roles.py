@@ -18,7 +18,7 @@ from mapreduce.scoring import ScoringConfig
 
 from tests.support.cluster import peer_gradients
 
-BLOCK = 0.2  # seconds; a window is 10 blocks
+BLOCK = 0.3  # seconds; a window is 16 blocks
 
 
 def fp32_bound(grads: list[dict[str, torch.Tensor]]) -> float:
@@ -34,7 +34,7 @@ async def join_all(c, peer_fallback: str = "reduce"):
 
 
 async def test_one_window_end_to_end(cluster_factory, tmp_path) -> None:
-    c = await cluster_factory(peers=3, miners=2, block_time=0.25, numel=400_000)
+    c = await cluster_factory(peers=3, miners=2, block_time=0.3, numel=400_000)
     peers, miners = await join_all(c)
     vnet = await c.join("validators", 0)
     validator = Validator(vnet, c.bucket_of("validators", 0), tmp_path / "v.json",

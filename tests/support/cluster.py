@@ -1,7 +1,8 @@
 """An in-process network for role and reliability tests: a real local chain, the real embedded S3 server, real keys.
 
-Roles run as asyncio tasks in the test's process (the swarm test runs them as processes). Windows are short:
-``block_time`` 0.1 s and 10 blocks per window.
+Roles run as asyncio tasks in the test's process (the swarm test runs them as processes). Windows are 16 blocks:
+4 to upload, 10 to reduce (the reduce phase starts with the ~1.25 s settling wait, windows.settle_time); the clock
+skew allowance is 0: chain, S3 server and roles share one clock.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ class Cluster:
 def make_spec(run_id: str, numel: int = 50_000, segments: int = 4, redundancy: int = 2,
               wire_dtype: str = "float32", windows: WindowConfig | None = None) -> RunSpec:
     return RunSpec(run_id, (TensorSpec("w", (numel // 10, 10)),), segments=segments, redundancy=redundancy,
-                   wire_dtype=wire_dtype, windows=windows or WindowConfig(10, 4, 4))
+                   wire_dtype=wire_dtype, windows=windows or WindowConfig(16, 4, 10, clock_skew_seconds=0.0))
 
 
 @pytest.fixture
