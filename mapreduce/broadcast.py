@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BroadcastConfig:
+    """How a :class:`Broadcaster` works: requests in flight, polling, window choice, replica order."""
+
     concurrency: int = 8
     poll_interval: float = 0.1
     # Send only in a window with at least this many blocks of its upload phase left.
@@ -77,6 +79,8 @@ class BroadcastReceipt:
 
 @dataclass(frozen=True)
 class SegmentSource:
+    """Where a receiver got one segment."""
+
     segment: int
     miner: str
     refused: int  # replicas tried (and refused) before this one; 0 means no fallback
@@ -84,6 +88,8 @@ class SegmentSource:
 
 @dataclass
 class BroadcastResult:
+    """What a receiver got: the tensors (views of ``flat``), where each segment came from, what it refused."""
+
     window: int
     sender: str
     flat: torch.Tensor

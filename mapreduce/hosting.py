@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HostingConfig:
+    """How much of each miner's hosting a validator samples per window: copies, and element ranges in each."""
+
     segments_per_miner: int = 2
     ranges_per_segment: int = 2
     range_elements: int = 1024
@@ -156,7 +158,8 @@ async def check_hosting(net: Network, window: int, cfg: HostingConfig, scoring: 
     segments = segment_bounds(net.spec.numel, net.spec.segments)
     picks = []
     for miner in miners:  # sorted, as are senders and segments: every validator draws from the same list
-        duties = [(s, i) for s, rec in sorted(records.items()) for i in range(len(segments)) if miner in rec.stored_at[i]]
+        duties = [(s, i) for s, rec in sorted(records.items()) for i in range(len(segments))
+                  if miner in rec.stored_at[i]]
         for sender, i in rng.sample(duties, min(cfg.segments_per_miner, len(duties))):
             seg = segments[i]
             n = min(cfg.range_elements, seg.numel)
