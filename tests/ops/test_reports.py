@@ -1,0 +1,110 @@
+"""``python -m mapreduce report``: finding a validator's reports in a bucket, reading them, drawing them."""
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from mapreduce import keys, reports
+from mapreduce.plots import latency_figure, rejections_figure, scores_figure
+from mapreduce.reports import ReportError, ReportSet, find_reports, parse_report
+from mapreduce.scoring import SegmentCheck
+from mapreduce.validator import WindowReport
+from storage import ObjectInfo
+
+from .helpers import is_png, mapreduce, s3_env
+
+V1, V2 = "5" + "V" * 47, "5" + "W" * 47
+M1, M2 = "5" + "A" * 47, "5" + "B" * 47
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def info(key: str, minutes: int = 0) -> ObjectInfo:
+    return ObjectInfo(key, 100, "etag", T0 + timedelta(minutes=minutes))
+
+
+def report(window: int, validator: str = V1) -> WindowReport:
+    """A realistic report: M1 fine, M2 missing every other window, a rejection now and then."""
+    checks = [SegmentCheck(M1, 0, "ok", latency=0.5 + window % 3, score=0.9, difference=0.0)]
+    if window % 2:
+        checks.append(SegmentCheck(M2, 1, "missing", reason="no output by the reduce deadline"))
+    else:
+        checks.append(SegmentCheck(M2, 1, "ok", latency=2.0, score=0.7, difference=0.0))
+    scores = {c.miner: c.score for c in checks}
+    return WindowReport(window, validator, checks, scores, {m: s / 2 for m, s in scores.items()},
+                        rejected={"late": window % 2})
+
+
+def test_find_reports_picks_the_newest_run_and_needs_a_validator_when_ambiguous() -> None:
+    listing = [info(str(keys.report_key("old", w, V1)), w) for w in range(3)]
+    listing += [info(str(keys.report_key("new", w, V1)), 10 + w) for w in range(2)]
+    listing += [info(str(keys.input_key("new", 0, 0, M1))), info("notes/readme.txt")]
+    run, validator, infos = find_reports(listing)
+    assert (run, validator, len(infos)) == ("new", V1, 2)
+    assert find_reports(listing, run="old")[2][-1].key.endswith(f"w{2:08d}/report/{V1}")
+
+    listing.append(info(str(keys.report_key("new", 5, V2)), 30))
+    with pytest.raises(ReportError, match="--validator"):
+        find_reports(listing)
+    assert len(find_reports(listing, validator=V2)[2]) == 1
+    with pytest.raises(ReportError, match="no validator reports found for run nope"):
+        find_reports(listing, run="nope")
+
+
+def test_parse_report_rejects_what_is_not_a_report() -> None:
+    assert parse_report(report(4).to_json().encode())["window"] == 4
+    for bad in (b"[]", b'{"window": "4"}', b'{"window": 4, "checks": {}}', b"not json"):
+        with pytest.raises(ValueError):
+            parse_report(bad)
+
+
+def test_figures_show_the_reports_data() -> None:
+    rs = ReportSet("b", "run", V1, [parse_report(report(w).to_json().encode()) for w in range(10, 14)])
+    ax = scores_figure(rs).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines[M1[:8]].get_xdata()) == [10, 11, 12, 13]
+    assert list(lines[M2[:8]].get_ydata()) == [0.7, 0.0, 0.7, 0.0]  # a missing output scores 0
+    assert len(ax.get_lines()) == 4  # a score line and an EMA line per miner
+
+    median = [line for line in latency_figure(rs).axes[0].get_lines() if line.get_label() == "median"][0]
+    assert list(median.get_xdata()) == [10, 11, 12, 13]
+
+    top, bottom = rejections_figure(rs).axes[:2]
+    assert [p.get_height() for p in top.patches] == [0, 1, 0, 1]  # "late" objects per window
+    assert [p.get_height() for p in bottom.patches] == [0, 1, 0, 1]  # "missing" checks per window
+
+
+async def test_report_command_writes_pngs_from_a_bucket(embedded_s3, store, bucket, tmp_path) -> None:
+    for w in range(20, 25):
+        await store.put(bucket, str(keys.report_key("run-x", w, V1)), report(w).to_json().encode())
+    await store.put(bucket, str(keys.report_key("run-x", 25, V1)), b"{ torn")  # a damaged report is skipped
+    await store.put(bucket, "something/else", b"not ours")
+    out = mapreduce("report", "--bucket", bucket, "--out", str(tmp_path / "plots"), env=s3_env(embedded_s3),
+                    cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"run run-x, validator {V1}: 5 windows (20..24), 1 unreadable reports skipped" in out.stdout
+    for name in ("scores.png", "latency.png", "rejections.png"):
+        assert f"wrote {tmp_path / 'plots' / name}" in out.stdout
+        assert is_png(tmp_path / "plots" / name)
+
+
+def test_report_command_says_what_is_wrong(embedded_s3, bucket, tmp_path, monkeypatch, capsys) -> None:
+    """In process (the same main() the command calls), to spare two interpreter start-ups."""
+    for name, value in s3_env(embedded_s3).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+
+    def run(bucket_name: str) -> tuple[int, str]:
+        args = argparse.Namespace(bucket=bucket_name, run=None, validator=None, last=None, out=None,
+                                  env_file=".env")
+        code = reports.main(args)
+        return code, capsys.readouterr().out
+
+    code, out = run(bucket)
+    assert code == 1 and "no validator reports found" in out
+    code, out = run("no-such-bucket-here")
+    assert code == 1 and "BucketNotFound" in out and "What to do" in out
+    code, out = run("Bad_Bucket")
+    assert code == 1 and "not a valid S3 bucket name" in out
+    assert not (tmp_path / "reports").exists()
