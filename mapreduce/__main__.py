@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sw = sub.add_parser("swarm", help="run the whole system locally: S3 server, chain, peers, miners, validator")
-    from .swarm.orchestrator import SwarmConfig
+    from .swarm.config import SwarmConfig
     defaults = SwarmConfig()
     sw.add_argument("--peers", type=int, default=defaults.peers)
     sw.add_argument("--miners", type=int, default=defaults.miners)

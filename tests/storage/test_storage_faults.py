@@ -208,7 +208,10 @@ async def test_secrets_stay_out_of_errors_and_logs(
     via_proxy, fault_proxy: FaultProxy, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     fault_proxy.plan = FaultPlan(error_rate=1.0)
-    caplog.set_level(logging.DEBUG, logger="storage")
+    # Each storage logger explicitly: importing bittensor (the chain tests do) sets a level on every logger that
+    # exists at the time, so the parent's level alone would not reach storage.retry.
+    for name in ["storage", *(n for n in logging.root.manager.loggerDict if n.startswith("storage."))]:
+        caplog.set_level(logging.DEBUG, logger=name)
     async with via_proxy(retry=RetryConfig(max_attempts=3, base_delay=0.01)) as store:
         with pytest.raises(RetriesExhausted) as exc:
             await store.put(bucket, "k", b"v")
