@@ -15,6 +15,7 @@ miner 0, a peer moves on to the next replica).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -101,8 +102,8 @@ async def open_listed_inputs(net: Network, window: int, seg: Segment, cache: Rea
     """Readers of every listed input, each checked: exists, on time, from a peer, verifies, has the listed hash."""
     directory = await net.directory(window)
     skew = net.spec.windows.clock_skew_seconds
-    readers = []
-    for hotkey, sha in inputs:
+
+    async def one(hotkey: str, sha: str) -> RangeReader:
         key = str(keys.input_key(net.spec.run_id, window, seg.index, hotkey))
         try:
             info = (known or {}).get(hotkey) or await cache.bucket.store.head(cache.bucket.name, key)
@@ -119,8 +120,10 @@ async def open_listed_inputs(net: Network, window: int, seg: Segment, cache: Rea
             raise Wrong(f"the input from {hotkey[:10]} was replaced after the upload deadline") from None
         if header.sha256 != sha:
             raise Wrong(f"lists a wrong hash for {hotkey[:10]}")
-        readers.append(reader)
-    return readers
+        return reader
+
+    # All at once: each is a request or two of a few KiB, so their latencies, not their bytes, add up.
+    return list(await asyncio.gather(*(one(h, s) for h, s in inputs)))
 
 
 async def read_records(net: Network, window: int, peers: list[str]) -> dict[str, UploadRecord]:
@@ -158,13 +161,16 @@ def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int) -> 
     return [(s, s + n) for s in sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(count))]
 
 
-ProofRows = Callable[[int, int, int], Awaitable[bytes]]
-"""``(input index, first chunk, last chunk)`` -> the output's proof rows for those chunks of that input."""
+ProofRows = Callable[[int, int], Awaitable[bytes]]
+"""``(first chunk, last chunk)`` -> the output's proof rows of those chunks for every input: ``[chunks, inputs, 8]``
+bytes. The proof is stored chunk-major, so the rows a sampled range needs are contiguous: one ranged read of one
+or two 16 KiB chunks of the output covers every input's rows, where input-major rows would need a read per input."""
 
 
 def check_proof_shape(proof_shape: tuple[int, ...], inputs: list[tuple[str, str]]) -> None:
-    if not proof_shape or proof_shape[0] != len(inputs):
-        raise Wrong(f"proof has {proof_shape[0] if proof_shape else 0} rows for {len(inputs)} inputs")
+    if len(proof_shape) != 3 or proof_shape[1] != len(inputs):
+        raise Wrong(f"proof has {proof_shape[1] if len(proof_shape) == 3 else 0} rows per chunk for "
+                    f"{len(inputs)} inputs")
 
 
 async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tensor]],
@@ -176,21 +182,29 @@ async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tens
     With ``proof``, the output's proof-of-possession rows of every input chunk read are checked as well
     (:mod:`mapreduce.proof`), at no extra cost in input reads.
     """
-    diff_sq, ref_sq = 0.0, 0.0
-    for start, end in ranges:
-        got = (await output(start, end)).double()
-        slices = []
-        for index, reader in enumerate(inputs):
-            values, first, chunks = await reader.read_chunks("data", start, end)
-            slices.append(values)
-            if proof is not None:
-                last = first + -(-len(chunks) // hashtree.CHUNK_BYTES)
-                if await proof(index, first, last) != chunk_rows(chunks, salt):
+    async def one(start: int, end: int) -> tuple[float, float]:
+        # The output's and the inputs' reads at once (each a few KiB: latency-bound); the sum below still adds the
+        # inputs in canonical order.
+        got, *reads = await asyncio.gather(output(start, end), *(r.read_chunks("data", start, end) for r in inputs))
+        got = got.double()
+        slices = [values for values, _, _ in reads]
+        if proof is not None and reads:
+            # Every input has the same layout, so the same chunks cover the range in each.
+            first, chunks = reads[0][1], reads[0][2]
+            last = first + -(-len(chunks) // hashtree.CHUNK_BYTES)
+            rows = await proof(first, last)
+            width = len(inputs) * hashtree.PROOF_BYTES
+            for index, (_, _, chunks) in enumerate(reads):
+                mine = b"".join(rows[c * width + index * hashtree.PROOF_BYTES:c * width + (index + 1) *
+                                     hashtree.PROOF_BYTES] for c in range(last - first))
+                if mine != chunk_rows(chunks, salt):
                     raise Wrong(f"proof of possession fails for input {index} (chunks {first}-{last - 1}): "
                                 "the miner did not hold that input")
         want = reduce_slices(slices, wire_dtype).double()
-        diff_sq += float(torch.sum((got - want) ** 2))
-        ref_sq += float(torch.sum(want ** 2))
+        return float(torch.sum((got - want) ** 2)), float(torch.sum(want ** 2))
+
+    sums = await asyncio.gather(*(one(start, end) for start, end in ranges))  # every range at once, too
+    diff_sq, ref_sq = sum(d for d, _ in sums), sum(r for _, r in sums)
     if not math.isfinite(diff_sq):
         raise Wrong("output holds NaN or Inf where sampled")
     return math.sqrt(diff_sq) / (math.sqrt(ref_sq) + 1e-12)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import bittensor as bt
 from bittensor_wallet import Wallet
+from dotenv import load_dotenv
 
 from storage import RetryConfig, S3Config, StorageError, TransferConfig
 
@@ -153,6 +154,8 @@ def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
         raise SetupError(f"--whitelist.hotkeys/--blacklist.hotkeys/--validators.min_stake: {e}") from None
     wallet, signer = load_wallet(args)
     s3 = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
+    if Path(args.env_file).exists():
+        load_dotenv(args.env_file, override=False)  # MR_PUBLIC_* too; the process environment still wins
     chain = open_chain(args)
     net = Network(spec, chain, signer, StorePool(s3, *storage_knobs(args)), admission=admission,
                   chain_signer=wallet)

@@ -18,6 +18,13 @@ class InvalidName(ProtocolError, ValueError):
     reason = "invalid_name"
 
 
+class NotAParticipant(ProtocolError):
+    """This process's hotkey cannot take part in the role it tries to play (not registered, no bucket committed,
+    or excluded by the run's allow/deny lists)."""
+
+    reason = "not_a_participant"
+
+
 class InvalidObject(ProtocolError):
     """An object failed a check; nothing in it may be trusted."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
@@ -64,6 +65,20 @@ async def list_inputs(net: Network, window: int, seg: Segment, bucket: Bucket, d
     return sorted(refs, key=lambda r: r.hotkey)
 
 
+async def download_listed(bucket: Bucket, info: ObjectInfo, max_bytes: int) -> memoryview:
+    """A listed object's bytes: one GET, conditional on the listed ETag, into a buffer of the listed size.
+
+    The listing already gave the size, so no HEAD is needed to refuse an oversized object before downloading it
+    (on moto a HEAD costs more than a small GET), and the buffer is a torch allocation, not a zero-filled
+    ``bytearray``. The ETag makes the read fail rather than return another object than the one listed.
+    """
+    if info.size > max_bytes:
+        raise ObjectTooLarge(bucket.name, info.key, info.size, max_bytes)
+    buf = memoryview(torch.empty(info.size, dtype=torch.uint8).numpy())
+    got = await bucket.store.get_into(bucket.name, info.key, buf, if_match=info.etag)
+    return buf[:got.size]
+
+
 def _decode_and_prove(data, key: str, expect, salt: bytes | None):
     decoded = decode(data, key, expect)
     if salt is None:
@@ -81,7 +96,7 @@ async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, r
     directory = await net.directory(window)
     expect = net.segment_expect(seg, allowed=directory.is_peer)
     try:
-        data = await bucket.store.get(bucket.name, ref.key, max_bytes=expect.max_bytes, if_match=ref.info.etag)
+        data = await download_listed(bucket, ref.info, expect.max_bytes)
         decoded, proof = await asyncio.to_thread(_decode_and_prove, data, ref.key, expect, salt)
     except ObjectTooLarge as e:
         rejected["oversized"] += 1
@@ -100,11 +115,44 @@ async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, r
 
 
 async def reduce_segment(net: Network, window: int, seg: Segment, bucket: Bucket, deadline: float,
-                         rejected: Counter, lookahead: int = 2, salt: bytes | None = None) -> Accumulator:
+                         rejected: Counter, lookahead: int = 2, salt: bytes | None = None,
+                         settle_at: float | None = None) -> Accumulator:
     """Mean of the valid on-time inputs of ``seg`` in ``bucket``, added in canonical (hotkey) order; with a
-    ``salt``, the accumulator also collects each input's proof-of-possession rows."""
-    refs = await list_inputs(net, window, seg, bucket, deadline, rejected)
-    acc = Accumulator(seg.numel)
+    ``salt``, the accumulator also collects each input's proof-of-possession rows.
+
+    ``settle_at`` (unix time, :func:`~mapreduce.windows.settle_time`) is when the listing becomes final: an input
+    stamped within the clock allowance can still appear until then. Called earlier, the reduction starts on the
+    inputs listed now and lists again at that time, so the wait overlaps the work instead of preceding it. Inputs
+    that appeared meanwhile are added if they sort after every input already taken; otherwise (an input written
+    within a second or two of the deadline whose hotkey sorts earlier: rare) it starts over on the final list.
+    Either way the result is the reduction of the final list, exactly as if it had waited.
+    """
+    if settle_at is None or time.time() >= settle_at:
+        return await _reduce_listed(net, window, seg, bucket, await list_inputs(net, window, seg, bucket, deadline,
+                                                                                rejected), rejected, lookahead, salt)
+    early = await list_inputs(net, window, seg, bucket, deadline, Counter())  # the final listing counts rejections
+    fetch_rejected: Counter = Counter()
+    acc = await _reduce_listed(net, window, seg, bucket, early, fetch_rejected, lookahead, salt)
+    await asyncio.sleep(max(0.0, settle_at - time.time()))
+    final = await list_inputs(net, window, seg, bucket, deadline, rejected)
+    taken = {r.key: r.info.etag for r in early}
+    still = {r.key: r.info.etag for r in final if r.key in taken}
+    new = [r for r in final if r.key not in taken]
+    if still == taken and all(not early or r.hotkey > early[-1].hotkey for r in new):
+        if new:
+            acc = await _reduce_listed(net, window, seg, bucket, new, fetch_rejected, lookahead, salt, acc)
+        rejected.update(fetch_rejected)
+        return acc
+    log.info("window %d segment %d: the final listing differs from the early one; reducing again", window,
+             seg.index)
+    return await _reduce_listed(net, window, seg, bucket, final, rejected, lookahead, salt)
+
+
+async def _reduce_listed(net: Network, window: int, seg: Segment, bucket: Bucket, refs: list[InputRef],
+                         rejected: Counter, lookahead: int, salt: bytes | None,
+                         acc: Accumulator | None = None) -> Accumulator:
+    """Fetch, verify and add ``refs`` (sorted) into ``acc`` (a new one if None), ``lookahead`` downloads ahead."""
+    acc = acc if acc is not None else Accumulator(seg.numel)
     pending: deque[asyncio.Task] = deque()
     upcoming = iter(refs)
 

@@ -169,14 +169,16 @@ class Miner:
         inputs = [[h, s] for h, s in produced.inputs]
         meta = ObjectMeta(spec.run_id, window, "out", self.net.hotkey, seg.index,
                           extra={"inputs": json.dumps(inputs, separators=(",", ":")), "count": str(len(inputs))})
-        tensors = {"data": produced.mean, "proof": produced.proof}
+        # Stored chunk-major ([chunks, inputs, 8]) so a checker reads every input's rows of a chunk at once.
+        tensors = {"data": produced.mean, "proof": produced.proof.transpose(0, 1)}
         obj = await asyncio.to_thread(encode, meta, tensors, self.net.signer)
         await bucket.store.put(bucket.name, str(meta.key), obj.data, if_none_match=write_once)
 
 
 @dataclass
 class Produced:
-    """An output before it is signed: the mean, the inputs it covers (hotkey, hash), their proof rows."""
+    """An output before it is signed: the mean, the inputs it covers (hotkey, hash), their proof rows
+    (``[inputs, chunks, 8]``, one stacked row block per input; :meth:`Miner.publish` stores them chunk-major)."""
 
     mean: torch.Tensor
     inputs: list[tuple[str, str]]

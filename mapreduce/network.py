@@ -182,11 +182,11 @@ class Network:
                       max_header_bytes=self.spec.max_header_bytes)
 
     def output_expect(self, segment: Segment, miner: str, max_inputs: int) -> Expect:
-        """A miner's output: the reduced ``data`` and one ``proof`` row per input and data chunk."""
+        """A miner's output: the reduced ``data`` and one ``proof`` row per data chunk and input (chunk-major)."""
         chunks = hashtree.leaf_count(segment.numel * self.spec.torch_wire_dtype.itemsize)
         tensors = {"data": (WIRE_CODES[self.spec.wire_dtype], (segment.numel,)),
-                   "proof": ("U8", (None, chunks, hashtree.PROOF_BYTES))}
-        largest = {"data": tensors["data"], "proof": ("U8", (max(1, max_inputs), chunks, hashtree.PROOF_BYTES))}
+                   "proof": ("U8", (chunks, None, hashtree.PROOF_BYTES))}
+        largest = {"data": tensors["data"], "proof": ("U8", (chunks, max(1, max_inputs), hashtree.PROOF_BYTES))}
         return Expect(tensors, allowed=lambda h: h == miner,
                       max_bytes=expected_object_bytes(largest, header_slack=self.spec.max_header_bytes),
                       max_header_bytes=self.spec.max_header_bytes)

@@ -31,15 +31,16 @@ from storage import NotFound, ObjectTooLarge, PreconditionFailed, StorageError
 
 from . import keys
 from .codec import Encoded, ObjectMeta, check_finite, decode, encode
+from .directory import BucketLocation
 from .audit import (ReaderCache, UploadRecord, Wrong, check_against_records, check_proof_shape, listed_inputs,
                     open_listed_inputs, read_records, recompute_difference, sample_ranges)
-from .errors import Late, ProtocolError
+from .errors import Late, NotAParticipant, ProtocolError
 from .flat import flatten, unflatten
 from .inputs import download_listed, reduce_segment
 from .network import Network
 from .plan import Plan, Segment
 from .proof import proof_salt
-from .windows import on_time
+from .windows import on_time, settle_time
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,14 @@ class Peer:
     def hotkey(self) -> str:
         return self.net.hotkey
 
+    async def setup(self, location: BucketLocation | None = None) -> None:
+        """Create our bucket if needed and publish it on chain as a peer's (once per run; a no-op when the chain
+        already holds it). ``location`` defaults to our bucket on the storage endpoint we use."""
+        location = location or BucketLocation("peer", self.bucket, self.net.pool.default.endpoint_url or "")
+        store = await self.net.pool.store_for(location)
+        await store.create_bucket(self.bucket)
+        await self.net.commit(location)
+
     # -- windows -------------------------------------------------------------------------------------------------
 
     async def next_window(self) -> int:
@@ -141,6 +150,11 @@ class Peer:
     async def upload(self, window: int, flat: torch.Tensor) -> UploadReceipt:
         check_finite("gradient", flat)  # never ship NaN: every miner would (rightly) reject it
         plan = await self.net.plan(window)
+        excluded = (await self.net.directory(window)).exclusion(self.hotkey, "peer")
+        if excluded is not None:
+            raise NotAParticipant(f"hotkey {self.hotkey} cannot take part as a peer in window {window}: {excluded}. "
+                                  "Register it on the netuid, commit a peer bucket (Peer.setup), and check the "
+                                  "run's allow and deny lists.")
         receipt = UploadReceipt(window, {}, {}, {})
         await asyncio.gather(*(self._upload_segment(plan, s, flat, receipt) for s in plan.segments))
         await self._write_record(receipt)
@@ -170,7 +184,9 @@ class Peer:
                     return
                 receipt.stored_at.setdefault(seg.index, []).append(miner)
 
-        await asyncio.gather(*(put(m) for m in plan.miners_for(seg.index)))
+        directory = await self.net.directory(plan.window)
+        # the run's lists shaped the plan; this process's own lists only narrow whom we use
+        await asyncio.gather(*(put(m) for m in plan.miners_for(seg.index) if directory.accepts(m)))
 
     async def _write_record(self, receipt: UploadReceipt) -> None:
         """The signed record of what we uploaded where: a miner cannot drop our input without a trace."""
@@ -196,6 +212,10 @@ class Peer:
         await self.net.wait_for_block(self.net.phases(window).upload_deadline)
         directory = await self.net.directory(window)
         self._records = await read_records(self.net, window, [p for p in directory.peers if p != self.hotkey])
+        # Honest miners write outputs only once their input listing is final (settle_time): polling before then
+        # would only load their servers while they download our inputs.
+        deadline = await self.net.block_timestamp(self.net.phases(window).upload_deadline)
+        await asyncio.sleep(max(0.0, settle_time(deadline, self.net.spec.windows.clock_skew_seconds) - time.time()))
         segments = await asyncio.gather(*(self._download_segment(plan, s, receipt, own, result)
                                           for s in plan.segments))
         result.segments = sorted(segments, key=lambda r: r.segment)
@@ -205,7 +225,8 @@ class Peer:
     async def _download_segment(self, plan: Plan, seg: Segment, receipt: UploadReceipt, own: torch.Tensor,
                                 result: AllReduceResult) -> SegmentResult:
         phases = self.net.phases(plan.window)
-        replicas = list(plan.miners_for(seg.index))
+        directory = await self.net.directory(plan.window)
+        replicas = [m for m in plan.miners_for(seg.index) if directory.accepts(m)]
         settled: set[str] = set()
         fallback: tuple[str, torch.Tensor, int] | None = None  # a valid output that left our input out
         while True:
@@ -310,8 +331,8 @@ class Peer:
             async def output(a: int, b: int) -> torch.Tensor:
                 return values[a:b]
 
-            async def rows(index: int, first: int, last: int) -> bytes:
-                return proof[index, first:last].numpy().tobytes()
+            async def rows(first: int, last: int) -> bytes:
+                return proof[first:last].numpy().tobytes()
             salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
             if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype, rows, salt) > 0:
                 raise Wrong("output differs from the mean recomputed from its inputs")

@@ -19,7 +19,6 @@ from torch import nn
 from storage import RetryConfig, S3Config, TransferConfig
 
 from ..chain.local import LocalChain
-from ..directory import BucketLocation
 from ..network import Network, StorePool
 from ..peer import Peer, PeerConfig
 from ..signing import Signer
@@ -43,9 +42,7 @@ async def train(run_dir: Path, index: int) -> None:
     out = run_dir / "peers" / f"p{index}"
     out.mkdir(parents=True, exist_ok=True)
     try:
-        location = BucketLocation("peer", me["bucket"], s3.endpoint_url or "")
-        await (await net.pool.store_for(location)).create_bucket(me["bucket"])
-        await net.commit(location)
+        await peer.setup()
         (out / "ready").write_text("1")
 
         model = make_model(**cfg["model"])

@@ -131,3 +131,20 @@ async def test_peers_finish_the_window_without_miners(cluster_factory, fallback:
         else:
             assert {s.source for s in r.segments} == {"own"}
             assert torch.equal(r.flat, flatten(c.spec, g))
+
+
+async def test_a_peer_the_run_excludes_is_told_so_clearly(cluster_factory) -> None:
+    import dataclasses
+
+    from mapreduce.errors import NotAParticipant
+    from mapreduce.network import Network
+
+    c = await cluster_factory(peers=1, miners=1, block_time=BLOCK)
+    await c.join("miners", 0)
+    signer = c.signers["peers"][0]
+    denied = dataclasses.replace(c.spec, deny_hotkeys=(signer.hotkey,))
+    peer = Peer(Network(denied, c.chain, signer, c.pool, chain_poll=0.02), c.bucket_of("peers", 0))
+    await peer.setup()
+    window = await c.next_window()
+    with pytest.raises(NotAParticipant, match="deny list"):
+        await peer.allreduce(peer_gradients(c.spec, 1)[0], window=window)
