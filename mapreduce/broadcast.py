@@ -119,12 +119,7 @@ class Broadcaster:
 
     async def next_window(self) -> int:
         """The window whose upload phase still has room; waits for its first block."""
-        block = await self.net.block()
-        window = self.net.spec.windows.window_of(block)
-        if block >= self.net.phases(window).upload_deadline - self.config.upload_margin_blocks:
-            window += 1
-        await self.net.wait_for_block(self.net.phases(window).start_block)
-        return window
+        return await self.net.next_window(self.config.upload_margin_blocks)
 
     # -- sending -------------------------------------------------------------------------------------------------
 

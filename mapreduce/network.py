@@ -112,6 +112,15 @@ class Network:
                 return now
             await asyncio.sleep(self._poll)
 
+    async def next_window(self, margin_blocks: int) -> int:
+        """The first window with at least ``margin_blocks`` of its upload phase left; waits for its first block."""
+        block = await self.block()
+        window = self.spec.windows.window_of(block)
+        if block >= self.phases(window).upload_deadline - margin_blocks:
+            window += 1
+        await self.wait_for_block(self.phases(window).start_block)
+        return window
+
     async def settle(self, deadline_block: int) -> float:
         """Wait until every object that counts for the deadline is visible; returns the deadline's timestamp."""
         deadline = await self.block_timestamp(deadline_block)

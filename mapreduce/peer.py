@@ -127,12 +127,7 @@ class Peer:
 
     async def next_window(self) -> int:
         """The window whose upload phase still has room for us; waits for its first block."""
-        block = await self.net.block()
-        window = self.net.spec.windows.window_of(block)
-        if block >= self.net.phases(window).upload_deadline - self.config.upload_margin_blocks:
-            window += 1
-        await self.net.wait_for_block(self.net.phases(window).start_block)
-        return window
+        return await self.net.next_window(self.config.upload_margin_blocks)
 
     async def allreduce(self, tensors: Mapping[str, torch.Tensor], window: int | None = None) -> AllReduceResult:
         """Average ``tensors`` (named as in the run spec) with every peer of the next window."""

@@ -190,10 +190,22 @@ class Chain(ABC):
             current = self.current_block()
             if current >= block:
                 return current
-            pause = self.poll_interval
+            pause = self._pause(block)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ChainTimeout(f"block {block} not reached within {timeout}s (at {current})")
                 pause = min(pause, remaining)
             time.sleep(pause)
+
+    def _pause(self, block: int) -> float:
+        """How long ``wait_for_block`` sleeps before looking again; a backend that knows its schedule does better."""
+        return self.poll_interval
+
+    def _check_past(self, block: int) -> None:
+        """ChainError unless ``block`` is a block number that already exists."""
+        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+            raise ChainError(f"invalid block number {block!r}")
+        current = self.current_block()
+        if block > current:
+            raise ChainError(f"block {block} is in the future (current block {current})")

@@ -36,7 +36,6 @@ from urllib.parse import quote
 from .base import (
     Chain,
     ChainError,
-    ChainTimeout,
     Neuron,
     Signer,
     check_commitment,
@@ -270,27 +269,9 @@ class LocalChain(Chain):
         """When ``block`` is or will be produced (local chain only)."""
         return self._genesis_time + block * self._block_time
 
-    def wait_for_block(self, block: int, timeout: float | None = None) -> int:
+    def _pause(self, block: int) -> float:
         # The schedule is known, so sleep until the block is due instead of polling.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            current = self.current_block()
-            if current >= block:
-                return current
-            pause = max(self.block_timestamp_unchecked(block) - time.time(), 0.001)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ChainTimeout(f"block {block} not reached within {timeout}s (at {current})")
-                pause = min(pause, remaining)
-            time.sleep(pause)
-
-    def _check_past(self, block: int) -> None:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-            raise ChainError(f"invalid block number {block!r}")
-        current = self.current_block()
-        if block > current:
-            raise ChainError(f"block {block} is in the future (current block {current})")
+        return max(self.block_timestamp_unchecked(block) - time.time(), 0.001)
 
     # --- neurons ---------------------------------------------------------------------------------------------------
 

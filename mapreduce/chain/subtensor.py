@@ -155,13 +155,6 @@ class SubtensorChain(Chain):
         )
         return when.timestamp()
 
-    def _check_past(self, block: int) -> None:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-            raise ChainError(f"invalid block number {block!r}")
-        current = self.current_block()
-        if block > current:
-            raise ChainError(f"block {block} is in the future (current block {current})")
-
     # --- neurons and commitments -----------------------------------------------------------------------------------
 
     def neurons(self) -> list[Neuron]:

@@ -140,7 +140,8 @@ async def test_miners_and_validators_exclude_hotkeys_outside_the_lists(cluster_f
 async def test_peers_exclude_miners_and_senders_outside_the_lists(cluster_factory) -> None:
     c = await cluster_factory(peers=4, miners=2, validators=0, block_time=0.2, numel=80_000, segments=4,
                               windows=WindowConfig(30, 20, 5))
-    nets = [await c.join("peers", i) for i in range(4)]
+    for i in range(4):
+        await c.join("peers", i)
     for i in range(2):
         await c.join("miners", i)
     p = [s.hotkey for s in c.signers["peers"]]

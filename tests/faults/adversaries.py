@@ -88,8 +88,9 @@ class AdversarialMiner(Miner):
                     continue
                 d = decode(data, key, self.net.output_expect(seg, victim, len(directory.peers)))
                 inputs = [tuple(i) for i in json.loads(d.meta.extra["inputs"])]
-                # the victim's proof is salted with the victim's hotkey: ours cannot be made without the inputs
-                return Produced(d.tensors["data"].clone(), inputs, d.tensors["proof"].clone())
+                # the victim's proof is salted with the victim's hotkey: ours cannot be made without the inputs.
+                # Stored chunk-major; Produced holds it input-major (publish transposes it back).
+                return Produced(d.tensors["data"].clone(), inputs, d.tensors["proof"].transpose(0, 1).clone())
             await asyncio.sleep(0.05)
         return None
 

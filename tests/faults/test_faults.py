@@ -102,7 +102,7 @@ async def test_missing_and_late_peers_are_left_out_exactly(cluster_factory, reli
     assert sorted(r.hotkey for r in refs) == sorted(p.hotkey for p in peers[:2])
     assert rejected == Counter(late=1)
     reliability("fault", "one peer missing, one peer late", "reduction covers exactly the on-time inputs",
-                f"count 2 of 4 registered; the late input is present but excluded as late")
+                "count 2 of 4 registered; the late input is present but excluded as late")
 
 
 async def test_s3_faults_windows_still_complete(cluster_factory, fault_proxy, reliability) -> None:
