@@ -145,6 +145,7 @@ async def reduce_segment(net: Network, window: int, seg: Segment, bucket: Bucket
         return acc
     log.info("window %d segment %d: the final listing differs from the early one; reducing again", window,
              seg.index)
+    del acc  # memory stays one accumulator
     return await _reduce_listed(net, window, seg, bucket, final, rejected, lookahead, salt)
 
 

@@ -12,10 +12,12 @@ It is a real HTTP S3 endpoint, so code under test takes the same path as against
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -28,8 +30,31 @@ __all__ = ["EmbeddedS3"]
 
 Mode = Literal["subprocess", "thread"]
 
-# Runs in the child: moto's own entry point plus a watchdog that exits when the parent process is gone.
-_CHILD = """
+
+def patch_moto() -> None:
+    """Fix a race in moto: it hashes an object for its ETag lazily, on the first request that needs it, seeking and
+    reading the object's spooled file without the key's lock. A GET of the same object (which reads that file under
+    the lock) or a second concurrent listing moves the shared file position mid-hash, and a wrong ETag is cached:
+    seen as objects "overwritten" (their listed ETag changes) and as If-Match reads failing, whenever clients list
+    a prefix while a large object in it is being written. Hash under the key's lock instead. Idempotent.
+    """
+    from moto.s3 import models
+
+    etag = models.FakeKey.etag
+    if getattr(etag.fget, "_locked", False):
+        return
+
+    def locked(self):  # noqa: ANN001, ANN202 - also runs as source in the child, before any import of ours
+        with self.lock:  # the lock `value` takes; etag never runs under it, so this cannot deadlock
+            return etag.fget(self)
+
+    locked._locked = True
+    models.FakeKey.etag = property(locked)
+
+
+# Runs in the child: the patch above, moto's own entry point, and a watchdog that exits when the parent is gone.
+_CHILD = textwrap.dedent(inspect.getsource(patch_moto)) + """
+patch_moto()
 import os, sys, threading, time
 parent = int(sys.argv[1])
 def watch():
@@ -153,6 +178,7 @@ class EmbeddedS3:
     def _start_thread(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        patch_moto()
         server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         server.start()
         self._thread_server = server

@@ -1,0 +1,140 @@
+"""One full window, timed on its critical path: peers upload, miners reduce, peers download, the validator checks.
+
+Blocks are produced on demand (`bench.chain.SteppedChain`): the upload deadline block as soon as the last peer's
+upload returns, the reduce deadline block as soon as the last miner has written its outputs, the window's last
+block as soon as every peer holds its average. So the round time is real work plus the roles' own polling
+(peers poll for outputs every ``PeerConfig.poll_interval``), never idle phase time. Everything runs in this
+process, each participant with its own connection pool, against the one embedded S3 server.
+
+What the round must move through the server is read back from the bucket listings: every input is written once
+per replica and read once by its miner; every output is written once and read once per peer.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mapreduce.peer import PeerConfig
+from storage import EmbeddedS3, TransferConfig
+
+from .cluster import BenchCluster, bench_spec
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WindowCase:
+    peers: int
+    mib_per_peer: int
+    segments: int
+    miners: int
+    redundancy: int
+    wire_dtype: str = "float32"
+    spot_check: bool = True  # peers recompute a sampled range of each output before trusting it (the default)
+
+    @property
+    def label(self) -> str:
+        wire = "" if self.wire_dtype == "float32" else f", {self.wire_dtype} wire"
+        check = "" if self.spot_check else ", peers' spot check off"
+        return f"P={self.peers} x {self.mib_per_peer} MiB{wire}{check}"
+
+    @property
+    def numel(self) -> int:
+        return self.mib_per_peer * MiB // 4
+
+
+@dataclass
+class WindowTiming:
+    """Seconds of each phase of one window, what it moved, and how its result compares with the exact mean."""
+
+    case: WindowCase
+    upload: float  # first upload starts -> last peer's upload returned
+    reduce: float  # upload deadline -> last miner's outputs written
+    download: float  # reduce deadline -> last peer holds its average
+    validate: float  # reduce deadline -> validator's checks done (overlaps the downloads)
+    total: float  # first upload starts -> every peer done and the validator done
+    put_bytes: int  # the protocol's writes: inputs x replicas, outputs
+    get_bytes: int  # the protocol's reads: inputs (by their miner), one output replica per peer and segment
+    moved: tuple[int, int]  # what the pools actually sent and received (includes audits, records, listings)
+    validator_fetched: int
+    validator_checked: int
+    error_rel: float  # ||average - exact mean|| / ||exact mean|| (worst peer)
+    error_max: float  # max |average - exact mean| / max |exact mean|
+    fallbacks: int
+    checks_bad: list[str]  # the validator's checks that were not "ok" (status and reason), expected empty
+
+
+def _gradients(case: WindowCase, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(case.peers, case.numel, generator=g)
+
+
+async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads: torch.Tensor) -> WindowTiming:
+    """Run ``window`` with every participant of ``cluster``; the chain must be before the window's start."""
+    chain, phases = cluster.chain, cluster.spec.windows.phases(window)
+    peers = cluster.peers(PeerConfig() if case.spot_check else PeerConfig(spot_check_ranges=0))
+    miners = cluster.miners()
+    validator = cluster.validators()[0]
+    before = cluster.bytes_moved()
+
+    chain.advance_to(phases.start_block)
+    miner_tasks = [asyncio.create_task(m.run_window(window)) for m in miners]
+    validator_task = asyncio.create_task(validator.validate_window(window))
+    t0 = time.perf_counter()
+    receipts = await asyncio.gather(*(p.upload(window, grads[i]) for i, p in enumerate(peers)))
+    t1 = time.perf_counter()
+    chain.advance_to(phases.upload_deadline)
+    downloads = [asyncio.create_task(p.download(window, r, grads[i]))
+                 for i, (p, r) in enumerate(zip(peers, receipts))]
+    await asyncio.gather(*miner_tasks)
+    t2 = time.perf_counter()
+    chain.advance_to(phases.reduce_deadline)
+    results = await asyncio.gather(*downloads)
+    t3 = time.perf_counter()
+    # The validator's last step re-lists outputs at the window's end (overwrite check): produce it now.
+    chain.advance_to(phases.end_block)
+    report = await validator_task
+    t4 = time.perf_counter()
+    after = cluster.bytes_moved()
+
+    sizes = await cluster.object_sizes(window)
+    ins, outs = sizes.get("in", []), sizes.get("out", [])
+    put_bytes = sum(ins) + sum(outs)
+    per_segment_out = sum(outs) / max(1, len(outs))
+    get_bytes = sum(ins) + int(case.peers * cluster.spec.segments * per_segment_out)
+
+    exact = grads.double().mean(0)
+    norm, top = float(exact.norm()), float(exact.abs().max())
+    err_rel = max(float((r.flat.double() - exact).norm()) / norm for r in results)
+    err_max = max(float((r.flat.double() - exact).abs().max()) for r in results) / top
+    return WindowTiming(
+        case, upload=t1 - t0, reduce=t2 - t1, download=t3 - t2, validate=t4 - t2, total=max(t3, t4) - t0,
+        put_bytes=put_bytes, get_bytes=get_bytes, moved=(after[0] - before[0], after[1] - before[1]),
+        validator_fetched=report.bytes_fetched, validator_checked=report.output_bytes_checked,
+        error_rel=err_rel, error_max=err_max, fallbacks=sum(len(r.fallbacks) for r in results),
+        checks_bad=[f"{c.status}: {c.reason}" for c in report.checks if c.status != "ok"]
+        + ([] if report.checks else ["no checks"]),
+    )
+
+
+async def window_timings(s3: EmbeddedS3, case: WindowCase, reps: int, workdir: Path,
+                         transfer: TransferConfig | None = None, tag: str = "w") -> list[WindowTiming]:
+    """``reps`` windows of ``case`` on a fresh cluster (a warm-up window of the same size first)."""
+    run_id = f"bench-{tag}-{case.peers}x{case.mib_per_peer}-{case.wire_dtype[:4]}-{int(time.time()) % 100000}"
+    spec = bench_spec(run_id, case.numel, case.segments, case.redundancy, case.wire_dtype)
+    cluster = await BenchCluster.create(s3, spec, workdir, peers=case.peers, miners=case.miners, transfer=transfer)
+    try:
+        grads = _gradients(case, seed=1)
+        timings = []
+        for rep in range(reps + 1 if reps else 1):
+            timing = await run_window(cluster, case, rep + 1, grads)
+            await cluster.clear()
+            if rep or not reps:  # the first window opens connections and warms caches
+                timings.append(timing)
+        return timings
+    finally:
+        await cluster.close()

@@ -1,0 +1,55 @@
+"""A miner starts reducing before its input listing is final (``settle_at``) and still gets exactly the reduction
+of the final list: an input that appears during the wait is added after the others when it sorts last, and the
+reduction starts over when it sorts first."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+import torch
+
+from mapreduce import keys
+from mapreduce.codec import ObjectMeta, encode
+from mapreduce.inputs import reduce_segment
+from mapreduce.plan import Segment
+from mapreduce.reduce import Accumulator
+
+
+async def _put_input(c, net, bucket, window: int, signer, values: torch.Tensor) -> None:
+    meta = ObjectMeta(c.spec.run_id, window, "in", signer.hotkey, 0)
+    obj = encode(meta, {"data": values}, signer)
+    await bucket.store.put(bucket.name, str(keys.input_key(c.spec.run_id, window, 0, signer.hotkey)), obj.data)
+
+
+@pytest.mark.parametrize("straggler", ["first", "last"])
+async def test_input_appearing_before_settle_is_counted(cluster_factory, straggler: str) -> None:
+    c = await cluster_factory(peers=3, miners=1, numel=40_000, segments=1, redundancy=1)
+    for i in range(3):
+        await c.join("peers", i)
+    net = await c.join("miners", 0)
+    window = 5
+    bucket = await net.bucket(window, net.hotkey)
+    seg = Segment(0, 0, c.spec.numel)
+    by_hotkey = sorted(c.signers["peers"], key=lambda s: s.hotkey)
+    late_one = by_hotkey[0] if straggler == "first" else by_hotkey[-1]
+    values = {s.hotkey: torch.randn(c.spec.numel) for s in by_hotkey}
+    for s in by_hotkey:
+        if s is not late_one:
+            await _put_input(c, net, bucket, window, s, values[s.hotkey])
+
+    async def straggle() -> None:
+        await asyncio.sleep(0.3)  # after the early listing, before the listing is final
+        await _put_input(c, net, bucket, window, late_one, values[late_one.hotkey])
+
+    rejected: Counter = Counter()
+    deadline = time.time() + 30  # every input is on time
+    acc, _ = await asyncio.gather(
+        reduce_segment(net, window, seg, bucket, deadline, rejected, settle_at=time.time() + 1.5), straggle())
+    assert acc.hotkeys == [s.hotkey for s in by_hotkey]
+    expected = Accumulator(c.spec.numel)
+    for s in by_hotkey:
+        expected.add(s.hotkey, "", values[s.hotkey])
+    assert torch.equal(acc.mean(torch.float32), expected.mean(torch.float32))
+    assert not rejected
