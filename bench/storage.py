@@ -133,11 +133,13 @@ async def _scenario_rows(sc: Scenario, reps: int, store: ObjectStore, boto: Any,
     return rows
 
 
-# ---- codec hook -------------------------------------------------------------------------------------------------
-# Encode/decode timings of mapreduce/codec.py belong here: return `Row`s (e.g. unit="ms", higher_is_better=False,
-# or MB/s) and they are printed in the same table. Kept separate so storage numbers never depend on the codec.
+# ---- codec -------------------------------------------------------------------------------------------------------
+# Encode/decode of mapreduce/codec.py against a memory copy, printed in the same run (bench/codec.py); kept in its own
+# module so the storage numbers never depend on the codec.
 def codec_rows(reps: int) -> list[Row]:
-    return []
+    from .codec import codec_rows as rows
+
+    return rows(reps)
 
 
 # -----------------------------------------------------------------------------------------------------------------
