@@ -153,9 +153,8 @@ def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
     except ValueError as e:
         raise SetupError(f"--whitelist.hotkeys/--blacklist.hotkeys/--validators.min_stake: {e}") from None
     wallet, signer = load_wallet(args)
-    s3 = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
-    if Path(args.env_file).exists():
-        load_dotenv(args.env_file, override=False)  # MR_PUBLIC_* too; the process environment still wins
+    s3 = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
+    load_dotenv(args.env_file, override=False)  # MR_PUBLIC_* too; the process environment still wins
     chain = open_chain(args)
     net = Network(spec, chain, signer, StorePool(s3, *storage_knobs(args)), admission=admission,
                   chain_signer=wallet)

@@ -49,16 +49,19 @@ def compute_leaves(data: memoryview, out: memoryview | None = None) -> memoryvie
         out = memoryview(bytearray(n * DIGEST))
     if len(out) != n * DIGEST:
         raise ValueError("leaf buffer has the wrong size")
-    # Small objects are not worth a thread hop; large ones split into one contiguous run per worker.
-    if n < 64:
-        _hash_chunks(data, out, 0, n)
-        return out
-    workers = _executor()._max_workers
-    step = -(-n // workers)
-    futures = [_executor().submit(_hash_chunks, data, out, i, min(n, i + step)) for i in range(0, n, step)]
-    for f in futures:
-        f.result()
+    _over_chunks(n, lambda first, last: _hash_chunks(data, out, first, last))
     return out
+
+
+def _over_chunks(n: int, work) -> None:
+    """``work(first, last)`` over chunks ``[0, n)``: small objects inline (not worth a thread hop), large ones as
+    one contiguous run per worker (hashlib releases the GIL, so the runs hash in parallel)."""
+    if n < 64:
+        work(0, n)
+        return
+    step = -(-n // _executor()._max_workers)
+    for f in [_executor().submit(work, i, min(n, i + step)) for i in range(0, n, step)]:
+        f.result()
 
 
 PROOF_BYTES = 8
@@ -83,13 +86,7 @@ def salted_digests(data: memoryview, salt: bytes) -> bytes:
     data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
     n = leaf_count(len(data))
     out = memoryview(bytearray(n * PROOF_BYTES))
-    if n < 64:
-        _salted_chunks(data, salt, out, 0, n)
-        return bytes(out)
-    workers = _executor()._max_workers
-    step = -(-n // workers)
-    for f in [_executor().submit(_salted_chunks, data, salt, out, i, min(n, i + step)) for i in range(0, n, step)]:
-        f.result()
+    _over_chunks(n, lambda first, last: _salted_chunks(data, salt, out, first, last))
     return bytes(out)
 
 

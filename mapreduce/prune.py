@@ -15,7 +15,6 @@ import argparse
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from storage import ObjectStore, S3Config, StorageError
 
@@ -122,7 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    cfg = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
+    cfg = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
     async with ObjectStore(cfg) as store:
         plan = await plan_prune(store, args.bucket, args.keep_windows, args.run)
         print(plan.summary())

@@ -132,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _run(args: argparse.Namespace) -> ReportSet:
-    cfg = S3Config.from_env(env_file=args.env_file if Path(args.env_file).exists() else None)
+    cfg = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
     async with ObjectStore(cfg) as store:
         return await load_reports(store, args.bucket, args.run, args.validator, args.last)
 

@@ -75,14 +75,6 @@ def sign(keypair: Keypair, message: bytes) -> bytes:
         raise ChainError(f"hotkey {keypair.ss58_address} cannot sign: {e}") from None
 
 
-def verify(hotkey: str, message: bytes, signature: bytes) -> bool:
-    """Whether ``signature`` is ``hotkey``'s (sr25519) signature of ``message``; never raises."""
-    try:
-        return len(signature) == 64 and bool(Keypair(ss58_address=hotkey).verify(message, signature))
-    except Exception:  # a malformed address or signature is simply not a valid signature
-        return False
-
-
 def check_hotkey(hotkey: str) -> str:
     """``hotkey`` if it is a valid ss58 address, else ChainError."""
     try:

@@ -44,8 +44,8 @@ from .base import (
     hotkey_keypair,
     normalize_row,
     sign,
-    verify,
 )
+from ..signing import verify
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
