@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from storage import NotFound, ObjectInfo, ObjectTooLarge, StorageError
 
-from . import hashtree, keys
+from . import keys
+from .audit import ReaderCache
 from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
 from .errors import InvalidObject, Late
 from .keys import ObjectKey
@@ -100,12 +101,7 @@ async def _check_copy(net: Network, window: int, miner: str, sender: str, seg: S
     try:
         bucket = await net.bucket(window, miner)
         info = await bucket.store.head(bucket.name, key)
-
-        async def fetch(start: int, end: int) -> bytes:
-            return await bucket.store.get_range(bucket.name, key, start, end, if_match=info.etag)
-        # A copy's header is ~1 KiB plus 64 hex characters per MiB of data: one read finds it.
-        guess = 4096 + 64 * hashtree.group_count(hashtree.leaf_count(info.size))
-        reader = RangeReader(fetch, info.size, key, copy_expect(net.spec, seg, sender), first_read=guess)
+        reader = ReaderCache(net, bucket).reader(info, seg, lambda h: h == sender, copy_expect(net.spec, seg, sender))
         header = await reader.open()
         if header.sha256 != sha256:
             check.status, check.reason = "wrong", "a valid copy, but not the one the sender recorded"
