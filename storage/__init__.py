@@ -1,16 +1,21 @@
 """Byte storage on any S3-compatible endpoint (AWS S3, Cloudflare R2, MinIO, moto).
 
 `ObjectStore` moves bytes: whole objects, byte ranges, listings and deletes, with bounded concurrency, multipart
-uploads, parallel ranged downloads and one retry policy. It knows nothing about what the bytes mean.
+uploads, parallel ranged downloads and one retry policy. It knows nothing about what the bytes mean. Any endpoint
+may be hostile: answers are checked and bounded, and `check_endpoint` vets endpoint URLs from strangers.
 `EmbeddedS3` runs moto's S3 server locally and `FaultProxy` injects S3-style failures in front of it.
 """
 
-from .client import ObjectInfo, ObjectStore
+from .client import MAX_LIST_KEYS, MAX_RESPONSE_BODY, ObjectInfo, ObjectStore
 from .config import RetryConfig, S3Config, TransferConfig
+from .endpoint import check_endpoint
 from .errors import (
     AccessDenied,
     BucketNotFound,
+    InvalidEndpoint,
     InvalidRange,
+    ListingTooLong,
+    MalformedResponse,
     NotFound,
     ObjectTooLarge,
     PreconditionFailed,
@@ -40,4 +45,10 @@ __all__ = [
     "AccessDenied",
     "RetriesExhausted",
     "InvalidRange",
+    "MalformedResponse",
+    "ListingTooLong",
+    "InvalidEndpoint",
+    "check_endpoint",
+    "MAX_LIST_KEYS",
+    "MAX_RESPONSE_BODY",
 ]

@@ -3,6 +3,11 @@
 One store owns one aiobotocore client (one pooled aiohttp connector) and a semaphore that bounds the requests it
 has in flight across all operations. Every request goes through `retry.call_with_retries`; botocore's own retries
 are off so the retry policy lives in one place.
+
+Any endpoint may be run by a hostile party (participants commit their own), so nothing a server says is used
+before it is checked: sizes are checked before a buffer is sized from them, listings are bounded in keys and pages,
+bodies read whole are capped, and every field an `ObjectInfo` is built from is type-checked; a wrong answer is a
+`MalformedResponse`.
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import email.utils
+import hashlib
 import logging
 import random
-import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -22,40 +27,56 @@ from typing import Any, TypeVar
 
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
+from botocore import UNSIGNED
 from botocore.exceptions import ClientError
 
-from .config import RetryConfig, S3Config, TransferConfig
+from .config import MiB, RetryConfig, S3Config, TransferConfig
+from .endpoint import _check as _check_endpoint
 from .errors import (
     AccessDenied,
     BucketNotFound,
+    InvalidEndpoint,
     InvalidRange,
+    ListingTooLong,
+    MalformedResponse,
     NotFound,
     ObjectTooLarge,
     PreconditionFailed,
     StorageError,
     client_error_fields,
 )
-from .retry import call_with_retries
+from .retry import ResponseTooLarge, call_with_retries
 from .stats import TransferStats
 from .transfer import (
     gather_bounded,
     md5_etag,
     multipart_put,
     quote_etag,
+    range_length,
     ranged_get,
     read_into,
     strip_etag,
     upload_body,
 )
 
-__all__ = ["ObjectInfo", "ObjectStore"]
+__all__ = ["ObjectInfo", "ObjectStore", "MAX_LIST_KEYS", "MAX_RESPONSE_BODY"]
 
 log = logging.getLogger("storage")
 
 T = TypeVar("T")
 
 _DELETE_BATCH = 1000  # S3's DeleteObjects limit
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_LIST_PAGE = 1000  # keys per ListObjectsV2 page (S3's, R2's and MinIO's)
+
+# Default cap of `ObjectStore.iter_list`: far above any prefix this system lists, far below what exhausts memory.
+MAX_LIST_KEYS = 100_000
+# Cap on a response body read whole (XML answers, error bodies); object bodies are streamed and never count.
+# A full ListObjectsV2 page of 1,000 keys of 1,024 bytes, every byte escaped, stays under 8 MiB.
+MAX_RESPONSE_BODY = 32 * MiB
+# A listed continuation token longer than this is no real store's (they are a few hundred bytes).
+_MAX_TOKEN = 16 * 1024
+# Sizes are S3 "Long"s: anything above is not a size, whatever the server says.
+_MAX_SIZE = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,50 @@ def _check_names(bucket: str, key: str | None = None) -> None:
         raise ValueError(f"key must be a non-empty string of at most 1024 bytes, got {key!r}")
 
 
+def _shown(value: object) -> str:
+    return "missing" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def _checked_info(
+    key: str, size: object, etag: object, last_modified: object, *, operation: str, bucket: str, size_name: str
+) -> ObjectInfo:
+    """An `ObjectInfo` from fields a server sent, each checked: `MalformedResponse` names the first that is wrong.
+
+    botocore fills these from headers or XML by the model's types, but leaves out what the server left out and
+    hands over whatever its parser made of the rest, so a hostile answer reaches here as None, a negative or
+    absurd number, or a date out of range.
+    """
+
+    def malformed(detail: str) -> MalformedResponse:
+        return MalformedResponse(detail, operation=operation, bucket=bucket, key=key)
+
+    if type(size) is not int or not 0 <= size <= _MAX_SIZE:
+        raise malformed(f"{size_name} is {_shown(size)}, not a size in bytes")
+    if not isinstance(etag, str):
+        raise malformed(f"ETag is {_shown(etag)}, not a string")
+    if not isinstance(last_modified, datetime):
+        raise malformed(f"LastModified is {_shown(last_modified)}, not a date")
+    try:
+        when = _utc(last_modified)
+    except (OverflowError, ValueError) as exc:
+        raise malformed(f"LastModified {str(last_modified)[:40]!r} is out of range") from exc
+    return ObjectInfo(key=key, size=size, etag=strip_etag(etag), last_modified=when)
+
+
+def _listed_info(obj: object, *, bucket: str, prefix: str) -> ObjectInfo:
+    """One ``Contents`` entry of a listing, checked: a key under ``prefix`` and valid size, ETag and date."""
+    if not isinstance(obj, dict):
+        raise MalformedResponse(f"listing entry is {_shown(obj)}", operation="ListObjectsV2", bucket=bucket)
+    key = obj.get("Key")
+    if not isinstance(key, str) or not key or len(key.encode("utf-8", "surrogatepass")) > 1024:
+        raise MalformedResponse(f"listed Key is {_shown(key)}, not a key", operation="ListObjectsV2", bucket=bucket)
+    if not key.startswith(prefix):
+        raise MalformedResponse(f"listed key {key[:200]!r} is not under the prefix {prefix!r}",
+                                operation="ListObjectsV2", bucket=bucket, key=key)
+    return _checked_info(key, obj.get("Size"), obj.get("ETag"), obj.get("LastModified"),
+                         operation="ListObjectsV2", bucket=bucket, size_name="Size")
+
+
 class _SingleShotHTTPSession(AIOHTTPSession):
     """aiobotocore's HTTP session minus aiohttp's hidden retry.
 
@@ -100,6 +165,37 @@ class _SingleShotHTTPSession(AIOHTTPSession):
         session = await super()._get_session(proxy_url)
         session._retry_connection = False  # no public switch in aiohttp 3.14; tests/storage/test_faults.py guards it
         return session
+
+    async def send(self, request: Any) -> Any:
+        """Send as aiobotocore does, but read bodies that are read whole (every answer except an object's bytes)
+        ourselves, up to `MAX_RESPONSE_BODY`: aiobotocore would read any length a server sends into memory."""
+        whole = not request.stream_output
+        request.stream_output = True  # aiobotocore then leaves the body to us
+        try:
+            response = await super().send(request)
+        finally:
+            request.stream_output = not whole
+        if whole or response.status_code >= 300:  # botocore reads error bodies whole too
+            response._content = await _read_capped(response.raw, MAX_RESPONSE_BODY)
+        return response
+
+
+async def _read_capped(raw: Any, cap: int) -> bytes:
+    """The whole body of aiohttp response ``raw``; `ResponseTooLarge` (connection dropped) past ``cap`` bytes."""
+    declared = raw.content_length
+    chunks, total = [], 0
+    try:
+        if declared is not None and declared > cap:
+            raise ResponseTooLarge(f"the answer's body is {declared} bytes, over the cap of {cap}")
+        while chunk := await raw.content.read(1 << 16):
+            total += len(chunk)
+            if total > cap:
+                raise ResponseTooLarge(f"the answer's body is over the cap of {cap} bytes")
+            chunks.append(chunk)
+    except BaseException:
+        raw.close()
+        raise
+    return b"".join(chunks)
 
 
 _loaders: dict[str | None, Any] = {}
@@ -166,10 +262,16 @@ class ObjectStore:
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     async def open(self) -> ObjectStore:
-        """Create the HTTP client. Idempotent."""
+        """Create the HTTP client. Idempotent.
+
+        An endpoint URL we will not use raises `InvalidEndpoint` here, before any request: the rules of
+        `storage.check_endpoint`, except that a base path is allowed (botocore supports one).
+        """
         if self._client_obj is not None:
             return self
         cfg, tr = self.config, self.transfer
+        if cfg.endpoint_url is not None:
+            _check_endpoint(cfg.endpoint_url, allow_path=True)
         botocore_config = AioConfig(
             max_pool_connections=tr.max_pool_connections,
             connect_timeout=tr.connect_timeout,
@@ -187,20 +289,26 @@ class ObjectStore:
             # zero-copy parts need memoryviews; our public methods check their own arguments.
             parameter_validation=False,
             http_session_cls=_SingleShotHTTPSession,
+            # Unsigned requests; botocore then also skips its credential chain (environment, profile, IMDS).
+            **({"signature_version": UNSIGNED} if cfg.anonymous else {}),
         )
         session = await _new_session()
         stack = AsyncExitStack()
-        self._client_obj = await stack.enter_async_context(
-            session.client(
-                "s3",
-                endpoint_url=cfg.endpoint_url,
-                region_name=cfg.region,
-                aws_access_key_id=cfg.access_key_id,
-                aws_secret_access_key=cfg.secret_access_key,
-                aws_session_token=cfg.session_token,
-                config=botocore_config,
+        try:
+            self._client_obj = await stack.enter_async_context(
+                session.client(
+                    "s3",
+                    endpoint_url=cfg.endpoint_url,
+                    region_name=cfg.region,
+                    aws_access_key_id=None if cfg.anonymous else cfg.access_key_id,
+                    aws_secret_access_key=None if cfg.anonymous else cfg.secret_access_key,
+                    aws_session_token=None if cfg.anonymous else cfg.session_token,
+                    config=botocore_config,
+                )
             )
-        )
+        except (ValueError, UnicodeError) as exc:  # what botocore and yarl raise for URLs they cannot use
+            await stack.aclose()
+            raise InvalidEndpoint(cfg.endpoint_url, f"refused by botocore ({type(exc).__name__}: {exc})") from exc
         self._stack = stack
         self._limiter = asyncio.Semaphore(tr.max_pool_connections)
         return self
@@ -226,6 +334,8 @@ class ObjectStore:
     async def _call(
         self, operation: str, bucket: str | None, key: str | None, attempt: Callable[[int], Awaitable[T]]
     ) -> T:
+        _ = self._client  # a closed store is a programming error: RuntimeError here, not a failed attempt
+
         async def counted(n: int) -> T:
             if n > 1:
                 self.stats.retried(operation)
@@ -321,7 +431,7 @@ class ObjectStore:
                     return info
             raise
         self.stats.sent(len(view))
-        return self._info_from_put(key, len(view), resp)
+        return self._info_from_put(bucket, key, len(view), resp, "PutObject")
 
     async def _matching_object(self, bucket: str, key: str, size: int, etag: str) -> ObjectInfo | None:
         """The stored object if it has exactly this size and ETag, else None."""
@@ -332,13 +442,14 @@ class ObjectStore:
         return info if info.size == size and info.etag == strip_etag(etag) else None
 
     @staticmethod
-    def _info_from_put(key: str, size: int, resp: dict[str, Any]) -> ObjectInfo:
+    def _info_from_put(bucket: str, key: str, size: int, resp: dict[str, Any], operation: str) -> ObjectInfo:
         date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         try:
             when = _utc(email.utils.parsedate_to_datetime(date)) if date else datetime.now(timezone.utc)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, IndexError):
             when = datetime.now(timezone.utc)
-        return ObjectInfo(key=key, size=size, etag=strip_etag(resp["ETag"]), last_modified=when)
+        return _checked_info(key, size, resp.get("ETag"), when, operation=operation, bucket=bucket,
+                             size_name="size")
 
     async def delete(self, bucket: str, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
@@ -367,6 +478,9 @@ class ObjectStore:
                 lambda _: self._client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True}),
             )
             errors = resp.get("Errors") or []
+            if not isinstance(errors, builtins.list) or len(errors) > len(objects):
+                raise MalformedResponse(f"{_shown(errors)} errors for {len(objects)} keys", operation="DeleteObjects",
+                                        bucket=bucket)
             failures.extend(errors)
             return len(objects) - len(errors)
 
@@ -405,9 +519,8 @@ class ObjectStore:
             if not exists:
                 raise BucketNotFound(bucket, operation="HeadObject") from None
             raise
-        return ObjectInfo(
-            key=key, size=resp["ContentLength"], etag=strip_etag(resp["ETag"]), last_modified=_utc(resp["LastModified"])
-        )
+        return _checked_info(key, resp.get("ContentLength"), resp.get("ETag"), resp.get("LastModified"),
+                             operation="HeadObject", bucket=bucket, size_name="Content-Length")
 
     async def get(
         self, bucket: str, key: str, *, max_bytes: int | None = None, if_match: str | None = None
@@ -415,6 +528,8 @@ class ObjectStore:
         """The whole object, as a bytearray (mutable, so e.g. ``torch.frombuffer`` can use it without a copy).
 
         With ``max_bytes``, a HEAD comes first and `ObjectTooLarge` is raised before anything is downloaded.
+        Without, the GET's Content-Length is checked against ``transfer.max_get_bytes`` before the buffer is made
+        (`ObjectTooLarge` too, the rest of the body unread).
         Objects above ``ranged_get_threshold`` are fetched as parallel ranges into one preallocated buffer, each
         range conditional on the ETag seen first, so a concurrent overwrite fails with `PreconditionFailed`
         rather than mixing versions. ``if_match`` makes the whole read conditional.
@@ -430,9 +545,12 @@ class ObjectStore:
             return buf
 
         result = bytearray()
+        limit = self.transfer.max_get_bytes
 
         def allocate(size: int) -> memoryview:
             nonlocal result
+            if size > limit:
+                raise ObjectTooLarge(bucket, key, size, limit)
             result = bytearray(size)
             return memoryview(result)
 
@@ -470,14 +588,18 @@ class ObjectStore:
         The GET's body fills ``allocate(size)`` whole when small; when large, only its first range is read from it
         and the rest follows as parallel ranges conditional on its ETag. No object costs a HEAD, small ones cost
         exactly one request. ``expected`` (a size from an earlier HEAD) must match, or the object has changed.
+        The answer's Content-Length, ETag and Last-Modified are checked before ``allocate`` sees the size.
         """
         threshold, part = self.transfer.ranged_get_threshold, self.transfer.range_part_size
         extra = {"IfMatch": quote_etag(if_match)} if if_match else {}
 
         async def attempt(_: int) -> tuple[memoryview, int, ObjectInfo]:
             resp = await self._client.get_object(Bucket=bucket, Key=key, **extra)
-            body, size = resp["Body"], resp["ContentLength"]
+            body = resp["Body"]
             try:
+                info = _checked_info(key, resp.get("ContentLength"), resp.get("ETag"), resp.get("LastModified"),
+                                     operation="GetObject", bucket=bucket, size_name="Content-Length")
+                size = info.size
                 if expected is not None and size != expected:
                     raise PreconditionFailed(bucket, key, "If-Match", operation="GetObject")
                 dest = allocate(size)
@@ -486,7 +608,6 @@ class ObjectStore:
                 raise
             have = size if size <= threshold else min(part, size)
             await read_into(body, dest[:have], whole=have == size)
-            info = ObjectInfo(key, size, strip_etag(resp["ETag"]), _utc(resp["LastModified"]))
             return dest, have, info
 
         dest, have, info = await self._call("GetObject", bucket, key, attempt)
@@ -497,7 +618,9 @@ class ObjectStore:
 
     async def get_range(self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None) -> bytes:
         """Bytes [start, end) of the object. An ``end`` past the object's size is clipped, like a slice; an empty
-        or negative range, or a ``start`` at or past the end of the object, raises `InvalidRange`."""
+        or negative range, or a ``start`` at or past the end of the object, raises `InvalidRange`. An answer whose
+        Content-Range or Content-Length does not fit the request is a `MalformedResponse`, raised before any
+        buffer is sized from it."""
         _check_names(bucket, key)
         if not (isinstance(start, int) and isinstance(end, int)) or start < 0 or end <= start:
             raise InvalidRange(bucket, key, start, end)
@@ -505,12 +628,12 @@ class ObjectStore:
 
         async def attempt(_: int) -> bytes:
             resp = await self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra)
-            match = _CONTENT_RANGE.fullmatch((resp.get("ContentRange") or "").strip())
-            if match is None or int(match.group(1)) != start:
+            try:
+                length = range_length(resp, start, end, bucket=bucket, key=key)
+            except BaseException:
                 resp["Body"].close()
-                raise StorageError(f"server ignored the requested range (Content-Range "
-                                   f"{resp.get('ContentRange')!r})", operation="GetObject", bucket=bucket, key=key)
-            buf = bytearray(resp["ContentLength"])
+                raise
+            buf = bytearray(length)
             await read_into(resp["Body"], memoryview(buf))
             return bytes(buf)
 
@@ -520,36 +643,60 @@ class ObjectStore:
             return data
         except InvalidRange as exc:
             error = getattr(exc.__cause__, "response", {}).get("Error", {})
-            size = error.get("ActualObjectSize")
-            raise InvalidRange(bucket, key, start, end, int(size) if str(size).isdigit() else None) from exc.__cause__
+            size = str(error.get("ActualObjectSize"))
+            known = size.isascii() and size.isdigit() and len(size) <= 19  # the server's text: "²".isdigit() too
+            raise InvalidRange(bucket, key, start, end, int(size) if known else None) from exc.__cause__
 
     async def iter_list(
-        self, bucket: str, prefix: str = "", *, start_after: str | None = None
+        self, bucket: str, prefix: str = "", *, start_after: str | None = None, max_keys: int | None = MAX_LIST_KEYS
     ) -> AsyncIterator[ObjectInfo]:
-        """Objects under ``prefix`` in key order, fetched a page (up to 1,000 keys) at a time."""
+        """Objects under ``prefix`` in key order, fetched a page (up to 1,000 keys) at a time.
+
+        A listing is the server's to end, and a hostile one never would, so it is bounded: `ListingTooLong` as soon
+        as more than ``max_keys`` keys have arrived (before any of the page that brought the count over is
+        yielded), when a continuation token comes back a second time, or when a truncated page would need more
+        pages than ``ceil(max_keys / 1000) + 2`` (which ends an endless run of empty pages too).
+        ``max_keys=None`` lifts the key and page limits: only for an endpoint you trust. Every entry is checked
+        (a key under ``prefix``, a size, an ETag, a date) and a wrong one is a `MalformedResponse`.
+        """
         _check_names(bucket)
+        if max_keys is not None and (type(max_keys) is not int or max_keys < 0):
+            raise ValueError(f"max_keys must be a non-negative int or None, got {max_keys!r}")
+        max_pages = None if max_keys is None else -(-max_keys // _LIST_PAGE) + 2
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if start_after:
             params["StartAfter"] = start_after
+        seen = pages = 0
+        tokens: set[bytes] = set()  # digests: a hostile server's tokens may be long
         while True:
             page = await self._call(
                 "ListObjectsV2", bucket, None, lambda _, p=dict(params): self._client.list_objects_v2(**p)
             )
-            for obj in page.get("Contents") or ():
-                yield ObjectInfo(
-                    key=obj["Key"],
-                    size=obj["Size"],
-                    etag=strip_etag(obj["ETag"]),
-                    last_modified=_utc(obj["LastModified"]),
-                )
+            pages += 1
+            contents = page.get("Contents") or []
+            if not isinstance(contents, builtins.list):
+                raise MalformedResponse(f"Contents is {_shown(contents)}", operation="ListObjectsV2", bucket=bucket)
+            seen += len(contents)
+            if max_keys is not None and seen > max_keys:
+                raise ListingTooLong(bucket, prefix, seen, f"more than max_keys={max_keys} keys")
+            for info in [_listed_info(obj, bucket=bucket, prefix=prefix) for obj in contents]:
+                yield info
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
-            if not token:
-                raise StorageError("truncated listing without a continuation token", operation="ListObjectsV2",
-                                   bucket=bucket)
+            if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN:
+                raise MalformedResponse(f"truncated listing with continuation token {_shown(token)}",
+                                        operation="ListObjectsV2", bucket=bucket)
+            digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+            if digest in tokens:
+                raise ListingTooLong(bucket, prefix, seen, f"the server sent continuation token {token[:40]!r} twice")
+            if max_pages is not None and pages >= max_pages:
+                raise ListingTooLong(bucket, prefix, seen, f"more than {max_pages} pages for max_keys={max_keys}")
+            tokens.add(digest)
             params["ContinuationToken"] = token
 
-    async def list(self, bucket: str, prefix: str = "", *, start_after: str | None = None) -> builtins.list[ObjectInfo]:
-        """All objects under ``prefix`` in key order (follows pagination past 1,000 keys)."""
-        return [info async for info in self.iter_list(bucket, prefix, start_after=start_after)]
+    async def list(
+        self, bucket: str, prefix: str = "", *, start_after: str | None = None, max_keys: int | None = MAX_LIST_KEYS
+    ) -> builtins.list[ObjectInfo]:
+        """All objects under ``prefix`` in key order (follows pagination past 1,000 keys); bounded as `iter_list`."""
+        return [info async for info in self.iter_list(bucket, prefix, start_after=start_after, max_keys=max_keys)]

@@ -39,6 +39,10 @@ class S3Config:
     ``endpoint_url=None`` means AWS itself. Use ``addressing_style="path"`` for MinIO and moto (bucket in the URL
     path rather than the host name). Credentials left as None fall through to botocore's usual chain (environment,
     profile, instance role). ``repr()`` masks the credentials.
+
+    ``anonymous=True`` sends unsigned requests and reads no credentials from anywhere: for endpoints run by
+    someone else (a miner's bucket, say) that allow public access, so that nothing of ours, not even an access key
+    id from the environment, reaches a server that may be hostile. It excludes credentials; `from_env` never sets it.
     """
 
     endpoint_url: str | None = None
@@ -47,6 +51,7 @@ class S3Config:
     secret_access_key: str | None = None
     addressing_style: AddressingStyle = "auto"
     session_token: str | None = None
+    anonymous: bool = False
 
     def __post_init__(self) -> None:
         if self.addressing_style not in _ADDRESSING_STYLES:
@@ -55,13 +60,16 @@ class S3Config:
             raise ValueError("region must not be empty (use 'auto' for Cloudflare R2)")
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("access_key_id and secret_access_key must be given together")
+        if self.anonymous and (self.access_key_id or self.session_token):
+            raise ValueError("anonymous=True sends no credentials; leave access_key_id, secret_access_key and "
+                             "session_token unset")
 
     def __repr__(self) -> str:
         return (
             f"S3Config(endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
             f"access_key_id={_mask(self.access_key_id, keep=4)!r}, "
             f"secret_access_key={_mask(self.secret_access_key)!r}, addressing_style={self.addressing_style!r}, "
-            f"session_token={_mask(self.session_token)!r})"
+            f"session_token={_mask(self.session_token)!r}, anonymous={self.anonymous!r})"
         )
 
     __str__ = __repr__
@@ -115,6 +123,9 @@ class TransferConfig:
     larger than ``ranged_get_threshold`` fetch ``range_part_size`` ranges in parallel. ``max_pool_connections`` caps
     the HTTP connections, and requests in flight, of one `ObjectStore` across all its operations.
 
+    ``max_get_bytes`` caps `ObjectStore.get` when the caller gives no ``max_bytes``: the buffer is sized from the
+    server's Content-Length, which a hostile server can set to anything, so it is checked against this first.
+
     Timeouts are per request attempt: ``connect_timeout`` to open a connection, ``read_timeout`` for the socket to
     stay silent, ``operation_timeout`` for one whole attempt (one PutObject, one part, one ranged GET, including
     reading its body). A timed-out attempt is retried under `RetryConfig`.
@@ -129,12 +140,13 @@ class TransferConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     operation_timeout: float = 300.0
+    max_get_bytes: int = 1024 * MiB
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise ValueError(f"part_size must be within [{MIN_PART_SIZE}, {MAX_PART_SIZE}] (S3 limits)")
-        if self.multipart_threshold < 1 or self.ranged_get_threshold < 1 or self.range_part_size < 1:
-            raise ValueError("thresholds and range_part_size must be positive")
+        if min(self.multipart_threshold, self.ranged_get_threshold, self.range_part_size, self.max_get_bytes) < 1:
+            raise ValueError("thresholds, range_part_size and max_get_bytes must be positive")
         if self.max_concurrency < 1 or self.max_pool_connections < 1:
             raise ValueError("max_concurrency and max_pool_connections must be at least 1")
         if min(self.connect_timeout, self.read_timeout, self.operation_timeout) <= 0:

@@ -1,8 +1,10 @@
 """One exception hierarchy for everything `storage/` raises.
 
 Every public method raises a `StorageError` subclass (or `ValueError`/`TypeError` for misuse of the API itself),
-never a botocore or aiohttp exception. Messages carry the operation, bucket, key and the server's error code, and
-never credentials: they are built only from those fields and the server's own error message.
+never a botocore or aiohttp exception, and never an untyped one whatever the server answers: any endpoint may be run
+by a hostile party, so a wrong answer is a `MalformedResponse`, an endless listing a `ListingTooLong`. Messages
+carry the operation, bucket, key and the server's error code, and never credentials: they are built only from
+those fields and the server's own error message (cut short and made printable).
 
 Instances pickle cleanly (the positional constructor arguments are kept in ``args``), so they can cross process
 boundaries.
@@ -21,6 +23,9 @@ __all__ = [
     "AccessDenied",
     "RetriesExhausted",
     "InvalidRange",
+    "MalformedResponse",
+    "ListingTooLong",
+    "InvalidEndpoint",
     "from_client_error",
 ]
 
@@ -195,13 +200,88 @@ class InvalidRange(StorageError):
         self.size = size
 
 
+class MalformedResponse(StorageError):
+    """The server's answer does not make sense: a missing or ill-typed field, a length that disagrees with the
+    request, a key outside the listed prefix, a body over the size any real answer has.
+
+    Not retryable: a server that lies does not heal by being asked again. ``detail`` says what was wrong; when the
+    answer made the parsing code itself fail, that exception is chained as ``__cause__`` and named in ``detail``.
+    """
+
+    def __init__(
+        self, detail: str, *, operation: str | None = None, bucket: str | None = None, key: str | None = None
+    ) -> None:
+        where = _where(bucket, key) or "the endpoint"
+        super().__init__(
+            f"malformed answer to {operation or 'request'} on {where}: {detail}",
+            operation=operation, bucket=bucket, key=key,
+        )
+        self.args = (detail,)
+        self.detail = detail
+
+
+class ListingTooLong(StorageError):
+    """A listing went on longer than the caller allowed (``max_keys``), or in a way no real listing does (a
+    continuation token sent twice, more pages than the keys allowed could fill).
+
+    ``prefix`` is the listed prefix, ``seen`` how many keys had arrived, ``reason`` which limit was hit.
+    """
+
+    def __init__(self, bucket: str, prefix: str, seen: int, reason: str) -> None:
+        super().__init__(
+            f"listing of {_where(bucket, prefix)} stopped after {seen} keys: {reason}",
+            operation="ListObjectsV2", bucket=bucket,
+        )
+        self.args = (bucket, prefix, seen, reason)
+        self.prefix = prefix
+        self.seen = seen
+        self.reason = reason
+
+
+def _masked_endpoint(endpoint: object) -> str:
+    """An endpoint fit for messages: userinfo (which may hold a password) masked, cut at 120 characters."""
+    text = endpoint if isinstance(endpoint, str) else f"<{type(endpoint).__name__}>"
+    if "@" in text:  # whatever precedes the last "@" may be userinfo, however malformed the rest
+        scheme, sep, _ = text.partition("://")
+        start = len(scheme) + len(sep) if sep else 0
+        text = text[:start] + "****@" + text.rpartition("@")[2]
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class InvalidEndpoint(StorageError):
+    """An endpoint URL we will not talk to (see `storage.check_endpoint`); ``reason`` says why.
+
+    ``endpoint`` is the URL with any userinfo masked and cut at 120 characters; the raw URL is not kept, since
+    whoever committed it may have put a password in it.
+    """
+
+    def __init__(self, endpoint: object, reason: str) -> None:
+        masked = _masked_endpoint(endpoint)
+        super().__init__(f"invalid endpoint {masked!r}: {reason}")
+        self.args = (masked, reason)
+        self.endpoint = masked
+        self.reason = reason
+
+
+def _server_text(value: Any, limit: int) -> str:
+    """Text a server chose, made safe for one log line: printable, at most ``limit`` characters."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value)[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def client_error_fields(err: Any) -> tuple[str, int | None, str]:
-    """(code, HTTP status, server message) of a botocore ``ClientError``."""
+    """(code, HTTP status, server message) of a botocore ``ClientError``.
+
+    Code and message come from the server, which may be hostile: they are cut short (a code at 64 characters, a
+    message at 300) and stripped of control characters, since they end up in messages and logs.
+    """
     response = getattr(err, "response", None) or {}
     error = response.get("Error") or {}
     status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    code = str(error.get("Code") or status or "Unknown")
-    return code, status, str(error.get("Message") or "")
+    if not isinstance(status, int):
+        status = None
+    code = _server_text(error.get("Code") or status or "Unknown", 64)
+    return code, status, _server_text(error.get("Message") or "", 300)
 
 
 def from_client_error(err: Any, *, operation: str, bucket: str | None, key: str | None) -> StorageError:

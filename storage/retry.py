@@ -4,6 +4,11 @@ botocore's own retries are switched off (see `ObjectStore`), so what happens on 
 retryable failures (throttling, any 5xx, timeouts, dropped or reset connections, truncated bodies) are retried with
 full-jitter exponential backoff within `RetryConfig`'s attempt and time limits; anything else is translated into a
 typed `StorageError` at once.
+
+Whatever an endpoint answers, what leaves an attempt is typed: the server may be hostile, and an answer that makes
+botocore's parser or our own code trip (a KeyError on a missing field, a ValueError on a garbage number, a
+RuntimeError from botocore's timestamp parser, a MemoryError) becomes a `MalformedResponse`, not retried: a server
+that lies does not heal by being asked again.
 """
 
 from __future__ import annotations
@@ -29,9 +34,16 @@ from botocore.exceptions import (
 )
 
 from .config import RetryConfig
-from .errors import AccessDenied, RetriesExhausted, StorageError, client_error_fields, from_client_error
+from .errors import (
+    AccessDenied,
+    MalformedResponse,
+    RetriesExhausted,
+    StorageError,
+    client_error_fields,
+    from_client_error,
+)
 
-__all__ = ["is_retryable", "backoff_delay", "call_with_retries", "TruncatedBody"]
+__all__ = ["is_retryable", "backoff_delay", "call_with_retries", "TruncatedBody", "ResponseTooLarge"]
 
 log = logging.getLogger("storage.retry")
 
@@ -65,6 +77,10 @@ RETRYABLE_STATUS = frozenset({408, 429})
 
 class TruncatedBody(Exception):
     """The response body ended before the promised number of bytes (a dropped connection in disguise)."""
+
+
+class ResponseTooLarge(Exception):
+    """A response body that is read whole (XML, errors) is larger than any real answer; it was not read."""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -107,18 +123,28 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _translate(exc: Exception, operation: str, bucket: str | None, key: str | None) -> BaseException:
-    """Typed error for a failure that retrying will not fix; programming errors pass through as they are."""
+def _translate(exc: Exception, operation: str, bucket: str | None, key: str | None) -> StorageError:
+    """Typed error for a failure that retrying will not fix.
+
+    Failures of the transport (botocore's, aiohttp's, the OS's) become a `StorageError`; anything else raised while
+    an answer was being read and parsed means the answer was not what S3 sends: `MalformedResponse`.
+    """
     if isinstance(exc, ClientError):
         return from_client_error(exc, operation=operation, bucket=bucket, key=key)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(bucket, key, operation=operation, code="NoCredentials", status=None)
-    if isinstance(exc, (BotoCoreError, aiohttp.ClientError)):
+    if isinstance(exc, ResponseTooLarge):
+        return MalformedResponse(str(exc), operation=operation, bucket=bucket, key=key)
+    if isinstance(exc, (BotoCoreError, aiohttp.ClientError, OSError)):
+        # OSError: a local failure (no file descriptors left, say), not the server's words; not retried before
+        # either, and not the server's fault, so not a MalformedResponse.
         return StorageError(
             f"{operation} on s3://{bucket or ''}/{key or ''} failed: {_describe(exc)}",
             operation=operation, bucket=bucket, key=key,
         )
-    return exc
+    return MalformedResponse(
+        f"the answer made the client fail ({_describe(exc)[:200]})", operation=operation, bucket=bucket, key=key
+    )
 
 
 async def call_with_retries(
@@ -136,7 +162,8 @@ async def call_with_retries(
 
     Each attempt first takes a slot from ``limiter`` (waiting for it does not count against any timeout) and then
     gets ``attempt_timeout`` seconds, clipped to what is left of ``policy.total_budget``. The budget starts with
-    the first attempt. `StorageError` raised by ``attempt_fn`` passes through untouched.
+    the first attempt. `StorageError` raised by ``attempt_fn`` passes through untouched; any other exception that
+    is not retried leaves as a typed `StorageError` (see `_translate`) with the original as ``__cause__``.
     """
     started: float | None = None
     attempt = 0
@@ -162,10 +189,7 @@ async def call_with_retries(
             raise
         except Exception as exc:
             if not is_retryable(exc):
-                typed = _translate(exc, operation, bucket, key)
-                if typed is exc:
-                    raise
-                raise typed from exc
+                raise _translate(exc, operation, bucket, key) from exc
             elapsed = time.monotonic() - (started or time.monotonic())
             delay = backoff_delay(policy, attempt, rng)
             if attempt >= policy.max_attempts or elapsed + delay >= policy.total_budget:

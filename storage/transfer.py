@@ -11,17 +11,21 @@ import asyncio
 import hashlib
 import io
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import MAX_PARTS, MiB
-from .errors import PreconditionFailed, StorageError
+from .errors import MalformedResponse, PreconditionFailed, StorageError
 from .retry import TruncatedBody
 
 if TYPE_CHECKING:
     from .client import ObjectInfo, ObjectStore
 
-__all__ = ["BodyStream", "gather_bounded", "read_into", "multipart_put", "ranged_get", "md5_etag", "multipart_etag"]
+__all__ = [
+    "BodyStream", "gather_bounded", "read_into", "multipart_put", "ranged_get", "range_length", "md5_etag",
+    "multipart_etag",
+]
 
 log = logging.getLogger("storage.transfer")
 
@@ -29,6 +33,8 @@ T = TypeVar("T")
 
 
 _SEND_CHUNK = 256 * 1024
+# At most 19 digits: every byte offset S3 can have fits, and int() never meets a number large enough to be slow.
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
 
 
 class BodyStream:
@@ -92,6 +98,35 @@ def part_size_for(size: int, preferred: int) -> int:
     if needed <= preferred:
         return preferred
     return -(-needed // MiB) * MiB
+
+
+def range_length(resp: dict[str, Any], start: int, end: int, *, bucket: str, key: str) -> int:
+    """The body length of a ranged GET's answer for bytes [start, end), checked before anything is sized from it.
+
+    Content-Range must start at ``start`` and end at ``end - 1``, or earlier only where the object ends (its total
+    says so), and Content-Length must be exactly that span: a server that answers a 100-byte request with
+    ``Content-Length: 10**12`` gets a `MalformedResponse`, not a terabyte buffer. So does one that ignored the Range
+    header and sent the whole object.
+    """
+
+    def malformed(detail: str) -> MalformedResponse:
+        return MalformedResponse(detail, operation="GetObject", bucket=bucket, key=key)
+
+    content_range, length = resp.get("ContentRange"), resp.get("ContentLength")
+    match = _CONTENT_RANGE.fullmatch(content_range.strip()) if isinstance(content_range, str) else None
+    if match is None:
+        raise malformed(f"Content-Range {str(content_range)[:80]!r} is not a byte range; the server may have "
+                        f"ignored the Range header")
+    first, last = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    cut_at_end = last < end - 1 and total == last + 1
+    if first != start or not first <= last <= end - 1 or (last < end - 1 and not cut_at_end) or (
+        total is not None and last >= total
+    ):
+        raise malformed(f"Content-Range {content_range!r} does not answer a request for bytes {start}-{end - 1}")
+    if type(length) is not int or length != last - first + 1:
+        raise malformed(f"Content-Length {str(length)[:40]!r} disagrees with Content-Range {content_range!r}")
+    return length
 
 
 async def gather_bounded(count: int, fn: Callable[[int], Awaitable[T]], concurrency: int) -> list[T]:
@@ -188,13 +223,17 @@ async def multipart_put(
             # the key taken (write-once) or the upload gone. If the object is exactly what we built, it is ours.
             lost_answer = isinstance(exc, PreconditionFailed) or exc.code == "NoSuchUpload"
             if attempts > 1 and lost_answer:
-                info = await store._matching_object(bucket, key, size, multipart_etag(etags))
+                try:
+                    ours: str | None = multipart_etag(etags)
+                except ValueError:  # part ETags that are not hex MD5s: we cannot recognise our own object
+                    ours = None
+                info = await store._matching_object(bucket, key, size, ours) if ours else None
                 if info is not None:
                     completed = True
                     return info
             raise
         completed = True
-        return store._info_from_put(key, size, resp)
+        return store._info_from_put(bucket, key, size, resp, "CompleteMultipartUpload")
     finally:
         if not completed:
             # Shielded so a cancelled put still releases the parts it stored.
@@ -232,12 +271,14 @@ async def ranged_get(
             resp = await store._client.get_object(
                 Bucket=bucket, Key=key, Range=f"bytes={lo}-{hi - 1}", IfMatch=if_match
             )
-            if resp["ContentLength"] != hi - lo:
+            try:
+                # The object's size is known (its first GET said so, and If-Match pins it): no clipping either.
+                if range_length(resp, lo, hi, bucket=bucket, key=key) != hi - lo:
+                    raise MalformedResponse(f"asked for {hi - lo} bytes at {lo}, the answer is cut short",
+                                            operation="GetObject", bucket=bucket, key=key)
+            except BaseException:
                 resp["Body"].close()
-                raise StorageError(
-                    f"GetObject s3://{bucket}/{key}: asked for {hi - lo} bytes at {lo}, got {resp['ContentLength']}",
-                    operation="GetObject", bucket=bucket, key=key,
-                )
+                raise
             await read_into(resp["Body"], dest[lo:hi])
 
         await store._call("GetObject", bucket, key, attempt)
