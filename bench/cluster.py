@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mapreduce.directory import BucketLocation
+from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET
 from mapreduce.miner import Miner, MinerConfig
 from mapreduce.network import Network, StorePool
 from mapreduce.peer import Peer, PeerConfig
@@ -68,8 +69,8 @@ class BenchCluster:
             c.nets[role] = []
             for i, s in enumerate(group):
                 net = Network(spec, chain, s, StorePool(s3.config(), c.transfer), chain_poll=chain.poll_interval)
-                loc = BucketLocation(_ROLES[role], c.bucket_of(role, i), s3.endpoint_url)
-                await (await net.pool.store_for(loc)).create_bucket(loc.bucket)
+                loc = BucketLocation(_ROLES[role], c.bucket_of(role, i), s3.endpoint_url, PUBLIC_KEY_ID, PUBLIC_SECRET)
+                await (await net.pool.own_store()).create_bucket(loc.bucket)
                 await net.commit(loc)
                 c.nets[role].append(net)
         return c
@@ -98,7 +99,7 @@ class BenchCluster:
 
         sizes: dict[str, list[int]] = {}
         for i, net in enumerate(self.nets["miners"]):
-            store = await net.pool.store_for(BucketLocation("miner", self.bucket_of("miners", i), self.s3.endpoint_url))
+            store = await net.pool.own_store()
             for info in await store.list(self.bucket_of("miners", i), window_prefix(self.spec.run_id, window)):
                 sizes.setdefault(ObjectKey.parse(info.key).role, []).append(info.size)
         return sizes
@@ -108,7 +109,7 @@ class BenchCluster:
         for role, group in self.nets.items():
             for i, net in enumerate(group):
                 name = self.bucket_of(role, i)
-                store = await net.pool.store_for(BucketLocation(_ROLES[role], name, self.s3.endpoint_url))
+                store = await net.pool.own_store()
                 keys = [o.key for o in await store.list(name)]
                 if keys:
                     await store.delete_many(name, keys)

@@ -40,7 +40,7 @@ class MinerRun:
 async def miner_window(s3: EmbeddedS3, peers: int, segment_mib: int, workdir: Path, window: int = 1) -> MinerRun:
     """Upload ``peers`` inputs of one ``segment_mib`` segment, then time and measure one miner process on them."""
     from mapreduce.codec import ObjectMeta, encode
-    from mapreduce.keys import input_key
+    from mapreduce.keys import input_key, make_tag
 
     from .cluster import BenchCluster, bench_spec
 
@@ -60,7 +60,9 @@ async def miner_window(s3: EmbeddedS3, peers: int, segment_mib: int, workdir: Pa
                 signer = cluster.signers["peers"][i]
                 meta = ObjectMeta(spec.run_id, window, "in", signer.hotkey, 0)
                 obj = await asyncio.to_thread(encode, meta, {"data": base + i}, signer)
-                await bucket.store.put(bucket.name, str(input_key(spec.run_id, window, 0, signer.hotkey)), obj.data)
+                tag = make_tag(signer, spec.run_id, window, 0, "in", miner_net.hotkey)
+                await bucket.store.put(bucket.name, str(input_key(spec.run_id, window, 0, signer.hotkey, tag)),
+                                       obj.data)
 
         await asyncio.gather(*(upload(i) for i in range(peers)))
         cluster.chain.advance_to(phases.upload_deadline)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mapreduce.broadcast import Broadcaster  # noqa: E402
 from mapreduce.chain.local import LocalChain  # noqa: E402
 from mapreduce.directory import BucketLocation  # noqa: E402
+from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET  # noqa: E402
 from mapreduce.keys import report_key  # noqa: E402
+from mapreduce.records import decode_report  # noqa: E402
 from mapreduce.network import Network, StorePool  # noqa: E402
 from mapreduce.peer import Peer  # noqa: E402
 from mapreduce.signing import Signer  # noqa: E402
@@ -89,8 +90,8 @@ async def run_ranks(swarm: Swarm, s3: EmbeddedS3, chain: LocalChain, peers: int,
             chain.register(signer.hotkey)  # an admin action on the local chain; `btcli subnet register` on a real one
             net = Network(swarm.spec, chain, signer, pool)
             bucket = f"{swarm.run_id}-example-peer-{i}"
-            location = BucketLocation("peer", bucket, s3.endpoint_url)
-            await (await pool.store_for(location)).create_bucket(bucket)
+            location = BucketLocation("peer", bucket, s3.endpoint_url, PUBLIC_KEY_ID, PUBLIC_SECRET)
+            await (await pool.own_store()).create_bucket(bucket)
             await net.commit(location)
             nets.append((net, bucket))
         # The next window that starts after everyone has joined: all ranks then draw the same plans.
@@ -111,7 +112,8 @@ def hosting_report(s3: EmbeddedS3, swarm: Swarm, window: int, timeout: float = 6
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            return json.loads(client.get_object(Bucket=v["bucket"], Key=key)["Body"].read()).get("hosting", [])
+            data = client.get_object(Bucket=v["bucket"], Key=key)["Body"].read()
+            return decode_report(data, swarm.run_id, window, v["hotkey"]).get("hosting", [])  # signed: checked
         except client.exceptions.NoSuchKey:
             time.sleep(0.5)
     return []

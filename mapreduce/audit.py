@@ -1,12 +1,14 @@
 """Checking a miner's output without downloading its inputs: what validators and peers both do.
 
-An output claims "this is the mean, in canonical order, of these inputs (hotkey, hash)". The checks here, all by
-ranged reads of a few KiB:
+An output claims "this is the mean, in canonical order, of these inputs (hotkey, hash, key tag)". The checks
+here, all by ranged reads of a few KiB:
 
-- every listed input exists in the miner's bucket, was written on time, verifies (signature, hash tree) and has
-  the listed hash (:func:`open_listed_inputs`);
-- the list agrees with the peers' own signed upload records: no forged hash, no omitted upload
-  (:func:`check_against_records`);
+- every listed input exists in the miner's bucket under a key its peer made for that bucket, was written on time,
+  verifies (signature, hash tree) and has the listed hash (:func:`open_listed_inputs`);
+- the list agrees with the peers' own signed upload records: an upload the record names but the output leaves
+  out is a candidate omission, which the caller confirms by verifying that whole input before blaming the miner;
+  a listed input whose hash contradicts its peer's record is the *peer's* doing (it signed both), counted against
+  the peer, never the miner (:func:`check_against_records`);
 - chosen element ranges of the output equal the mean recomputed from the same ranges of the inputs
   (:func:`recompute_difference`).
 
@@ -16,26 +18,29 @@ miner 0, a peer moves on to the next replica).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
-from dataclasses import dataclass
+import re
+import time
+from collections import Counter
 from typing import Awaitable, Callable
 
 import torch
 
 from storage import NotFound, ObjectInfo, PreconditionFailed, StorageError
 
-from . import hashtree, keys
-from .codec import Expect, ObjectMeta, decode
-from .errors import InvalidObject, ProtocolError
+from . import hashtree, keys, strictjson
+from .codec import Expect, ObjectMeta
+from .errors import InvalidObject, MalformedHeader, ProtocolError
+from .names import check_hotkey
 from .network import Bucket, Network
 from .partial import RangeReader
 from .plan import Segment
 from .proof import chunk_rows
+from .records import SHA256, UploadRecord
 from .reduce import reduce_slices
-from .windows import on_time
+from .windows import from_the_future, on_time
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +49,6 @@ class Wrong(ProtocolError):
     """The output is not what it claims to be."""
 
     reason = "wrong_output"
-
-
-@dataclass(frozen=True)
-class UploadRecord:
-    """One peer's signed account of a window: segment -> (hash of its input, miners that accepted it)."""
-
-    peer: str
-    uploads: dict[int, tuple[str, frozenset[str]]]
 
 
 class ReaderCache:
@@ -80,35 +77,57 @@ class ReaderCache:
         return self.readers[info.key]
 
 
-def listed_inputs(meta: ObjectMeta) -> list[tuple[str, str]]:
-    """An output's ``inputs`` metadata, checked for shape, count and canonical order."""
+_TAG = re.compile(r"[0-9a-f]{128}")
+
+
+def listed_inputs(meta: ObjectMeta) -> list[tuple[str, str, str]]:
+    """An output's ``inputs`` metadata, ``[(peer hotkey, sha256, key tag)]``, checked for form, count and
+    canonical order."""
     try:
-        inputs = json.loads(meta.extra.get("inputs", "null"))
-        count = int(meta.extra.get("count", "-1"))
-    except ValueError:
-        raise Wrong("output's inputs or count are not readable") from None
-    if (not isinstance(inputs, list) or not inputs or count != len(inputs)
-            or not all(isinstance(i, list) and len(i) == 2 and all(isinstance(x, str) for x in i) for i in inputs)):
-        raise Wrong("output does not list its inputs and their count")
-    hotkeys = [h for h, _ in inputs]
+        inputs = strictjson.loads(meta.extra.get("inputs", "null"), "the output's input list")
+    except MalformedHeader as e:
+        raise Wrong(str(e)) from None
+    count = meta.extra.get("count", "")
+    if not (isinstance(inputs, list) and inputs and count.isdigit() and count.isascii() and int(count) == len(inputs)
+            and all(isinstance(i, list) and len(i) == 3 and all(isinstance(x, str) for x in i)
+                    and SHA256.fullmatch(i[1]) and _TAG.fullmatch(i[2]) for i in inputs)):
+        raise Wrong("output does not list its inputs ([peer, sha256, key tag]) and their count")
+    hotkeys = [h for h, _, _ in inputs]
     if hotkeys != sorted(set(hotkeys)):
         raise Wrong("output's inputs are not in canonical order, or repeat")
-    return [(h, s) for h, s in inputs]
+    try:
+        for h in hotkeys:
+            check_hotkey(h)
+    except ValueError as e:
+        raise Wrong(f"output lists a hotkey that is not one: {e}") from None
+    return [(h, s, t) for h, s, t in inputs]
+
+
+def impossible_stamp(info: ObjectInfo, skew: float) -> bool:
+    """A ``Last-Modified`` later than our own clock now (:func:`mapreduce.windows.from_the_future`): the server's
+    clock lies. Only the bucket's owner runs the server its bucket is on, so this is evidence against the owner."""
+    return from_the_future(info.last_modified.timestamp(), time.time(), skew)
 
 
 async def open_listed_inputs(net: Network, window: int, seg: Segment, cache: ReaderCache,
-                             inputs: list[tuple[str, str]], upload_deadline: float,
+                             inputs: list[tuple[str, str, str]], upload_deadline: float,
                              known: dict[str, ObjectInfo] | None = None) -> list[RangeReader]:
-    """Readers of every listed input, each checked: exists, on time, from a peer, verifies, has the listed hash."""
+    """Readers of every listed input, each checked: under a key its peer made for this bucket, exists, on time,
+    from a peer, verifies, has the listed hash. ``known``: key -> listing entry, to save a HEAD per input."""
     directory = await net.directory(window)
     skew = net.spec.windows.clock_skew_seconds
 
-    async def one(hotkey: str, sha: str) -> RangeReader:
-        key = str(keys.input_key(net.spec.run_id, window, seg.index, hotkey))
+    async def one(hotkey: str, sha: str, tag: str) -> RangeReader:
+        k = keys.input_key(net.spec.run_id, window, seg.index, hotkey, tag)
+        if not keys.tag_valid(k, cache.bucket.owner):
+            raise Wrong(f"lists an input of {hotkey[:10]} under a key its peer did not make for this bucket")
+        key = str(k)
         try:
-            info = (known or {}).get(hotkey) or await cache.bucket.store.head(cache.bucket.name, key)
+            info = (known or {}).get(key) or await cache.bucket.store.head(cache.bucket.name, key)
         except NotFound:
             raise Wrong(f"includes {hotkey[:10]}, whose input does not exist") from None
+        if impossible_stamp(info, skew):
+            raise Wrong(f"its server stamps the input of {hotkey[:10]} in the future: its clock cannot be trusted")
         if not on_time(info.last_modified.timestamp(), upload_deadline, skew):
             raise Wrong(f"includes a late input from {hotkey[:10]}")
         reader = cache.reader(info, seg, directory.is_peer)
@@ -123,37 +142,54 @@ async def open_listed_inputs(net: Network, window: int, seg: Segment, cache: Rea
         return reader
 
     # All at once: each is a request or two of a few KiB, so their latencies, not their bytes, add up.
-    return list(await asyncio.gather(*(one(h, s) for h, s in inputs)))
+    return list(await asyncio.gather(*(one(h, s, t) for h, s, t in inputs)))
 
 
-async def read_records(net: Network, window: int, peers: list[str]) -> dict[str, UploadRecord]:
-    """The upload records the given peers wrote for ``window``; missing or invalid ones are skipped."""
-    out = {}
-    for peer in peers:
+async def read_records(net: Network, window: int, peers: list[str], rejected: Counter | None = None,
+                       concurrency: int = 16, timeout: float = 10.0) -> dict[str, UploadRecord]:
+    """The upload records the given peers wrote for ``window``; missing or invalid ones are skipped (an invalid
+    one counted in ``rejected`` by reason). Each peer's endpoint gets ``timeout`` seconds: a peer whose server
+    stalls only loses its own record."""
+    limit = asyncio.Semaphore(concurrency)
+    cap = UploadRecord.max_bytes(net.spec)
+
+    async def one(peer: str) -> UploadRecord | None:
         key = str(keys.record_key(net.spec.run_id, window, peer))
-        expect = Expect({}, allowed=lambda h, p=peer: h == p, max_bytes=1 << 20, max_header_bytes=1 << 20)
-        try:
-            bucket = await net.bucket(window, peer)
-            decoded = decode(await bucket.store.get(bucket.name, key, max_bytes=expect.max_bytes), key, expect)
-            rows = json.loads(decoded.meta.extra["uploads"])
-            out[peer] = UploadRecord(peer, {int(s): (str(h), frozenset(m)) for s, h, m in rows})
-        except (StorageError, ProtocolError, KeyError, ValueError, TypeError) as e:
-            log.info("window %d: no usable upload record from %s: %s", window, peer[:10], e)
-            continue
-    return out
+        async with limit:
+            try:
+                bucket = await net.bucket(window, peer)
+                data = await asyncio.wait_for(bucket.store.get(bucket.name, key, max_bytes=cap), timeout)
+                return await asyncio.to_thread(UploadRecord.decode, data, net.spec, window, peer)
+            except NotFound:
+                return None
+            except asyncio.TimeoutError:
+                if rejected is not None:
+                    rejected["timeout"] += 1
+                log.info("window %d: the upload record of %s did not come within %.0fs", window, peer[:10], timeout)
+            except InvalidObject as e:
+                if rejected is not None:
+                    rejected[e.reason] += 1
+                log.info("window %d: upload record of %s refused (%s): %s", window, peer[:10], e.reason, e)
+            except (StorageError, KeyError) as e:
+                log.info("window %d: no usable upload record from %s: %s", window, peer[:10], e)
+        return None
+
+    got = await asyncio.gather(*(one(p) for p in peers))
+    return {p: r for p, r in zip(peers, got) if r is not None}
 
 
-def check_against_records(miner: str, seg: Segment, inputs: list[tuple[str, str]],
-                          records: dict[str, UploadRecord]) -> list[str]:
-    """Raise :class:`Wrong` if a listed hash contradicts its peer's record; return the peers whose record says
-    they uploaded this segment to this miner but who are not listed (the caller decides if their input was valid)."""
-    listed = dict(inputs)
-    for hotkey, sha in inputs:
-        rec = records.get(hotkey)
-        if rec is not None and seg.index in rec.uploads and rec.uploads[seg.index][0] != sha:
-            raise Wrong(f"lists a hash for {hotkey[:10]} that its own record contradicts (forged input)")
-    return sorted(p for p, rec in records.items()
-                  if p not in listed and seg.index in rec.uploads and miner in rec.uploads[seg.index][1])
+def check_against_records(miner: str, seg: Segment, inputs: list[tuple[str, str, str]],
+                          records: dict[str, UploadRecord]) -> tuple[list[str], list[str]]:
+    """``(omitted, contradicting)``: the peers whose record says they uploaded this segment to this miner but who
+    are not listed (candidates: the caller verifies each such input before blaming the miner), and the listed
+    peers whose own record names another hash than the input the output lists (the peer signed both: it is the
+    one at fault, never the miner)."""
+    listed = {h: s for h, s, _ in inputs}
+    contradicting = sorted(h for h, s in listed.items() if h in records and seg.index in records[h].uploads
+                           and records[h].uploads[seg.index].sha256 != s)
+    omitted = sorted(p for p, rec in records.items()
+                     if p not in listed and seg.index in rec.uploads and rec.uploads[seg.index].tag_at(miner))
+    return omitted, contradicting
 
 
 def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int) -> list[tuple[int, int]]:

@@ -29,18 +29,19 @@ from typing import Mapping
 
 import torch
 
-from storage import NotFound, ObjectTooLarge, PreconditionFailed, StorageError
+from storage import NotFound, ObjectTooLarge, StorageError
 
 from . import keys
 from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
 from .codec import ObjectMeta, check_finite, decode, encode
 from .directory import Directory
-from .errors import BroadcastFailed, HashMismatch, InvalidObject
+from .errors import BroadcastFailed, HashMismatch, InvalidObject, JunkKey
 from .flat import flatten, unflatten
 from .network import Network
 from .plan import Plan, Segment
 from .trust import order_replicas, trusted_scores
 from .windows import on_time
+from .writes import write_copies, write_own
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class BroadcastConfig:
     upload_margin_blocks: int = 1
     # Order replicas with the trusted validators' scores (mapreduce.trust); off: plan order, rotated per receiver.
     rank_by_reports: bool = True
+    # Seconds one request to another party's endpoint may take (a copy, the sender's record): a stalling endpoint
+    # costs its own turn, and the next replica is tried.
+    request_timeout: float = 60.0
 
 
 @dataclass
@@ -66,6 +70,7 @@ class BroadcastReceipt:
     sha256: dict[int, str] = field(default_factory=dict)
     stored_at: dict[int, list[str]] = field(default_factory=dict)
     failed: dict[int, list[str]] = field(default_factory=dict)
+    tags: dict[int, dict[str, str]] = field(default_factory=dict)  # segment -> miner -> key tag of the copy there
     bytes_uploaded: int = 0  # every byte the sender sent: copies and record
     tensor_bytes: int = 0  # the broadcast's payload, fp32
     seconds: float = 0.0
@@ -140,7 +145,12 @@ class Broadcaster:
         plan = await broadcast_plan(self.net, window, self.hotkey)
         directory = await self.net.directory(window)
         receipt = BroadcastReceipt(window, self.hotkey, tensor_bytes=flat.numel() * flat.element_size())
-        await asyncio.gather(*(self._send_segment(plan, directory, s, flat, receipt) for s in plan.segments))
+        cutoff = self.net.phase_end(phases.upload_deadline)  # a copy stored after it would not count
+        try:
+            await asyncio.gather(*(self._send_segment(plan, directory, s, flat, receipt, cutoff)
+                                   for s in plan.segments))
+        finally:
+            cutoff.cancel()
         for i, stored in receipt.stored_at.items():  # plan order (the order receivers see), not completion order
             stored.sort(key=plan.miners_for(i).index)
         nowhere = [s.index for s in plan.segments if not receipt.stored_at.get(s.index)]
@@ -155,49 +165,43 @@ class Broadcaster:
         return receipt
 
     async def _send_segment(self, plan: Plan, directory: Directory, seg: Segment, flat: torch.Tensor,
-                            receipt: BroadcastReceipt) -> None:
+                            receipt: BroadcastReceipt, cutoff: asyncio.Future) -> None:
         async with self._sem:
             meta = ObjectMeta(self.net.spec.run_id, plan.window, "bcast", self.hotkey, seg.index)
             obj = await asyncio.to_thread(encode, meta, {"data": flat[seg.start:seg.end]}, self.net.signer)
         receipt.sha256[seg.index] = obj.sha256
-        key = str(meta.key)
-
-        async def put(miner: str) -> None:
-            if not directory.accepts(miner):  # our own lists exclude it: it gets no copy
-                receipt.failed.setdefault(seg.index, []).append(miner)
-                return
-            async with self._sem:
-                try:
-                    bucket = await self.net.bucket(plan.window, miner)
-                    await bucket.store.put(bucket.name, key, obj.data, if_none_match=True)
-                    receipt.bytes_uploaded += obj.size
-                except PreconditionFailed:
-                    pass  # an earlier attempt of ours (write-once); the record check below catches a different one
-                except (StorageError, KeyError) as e:
-                    log.warning("window %d segment %d: broadcast copy to miner %s failed: %s", plan.window,
-                                seg.index, miner[:10], e)
-                    receipt.failed.setdefault(seg.index, []).append(miner)
-                    return
-            receipt.stored_at.setdefault(seg.index, []).append(miner)
-
-        await asyncio.gather(*(put(m) for m in plan.miners_for(seg.index)))
+        replicas = plan.miners_for(seg.index)
+        miners = [m for m in replicas if directory.accepts(m)]  # our own lists exclude the rest: no copy
+        copies = await write_copies(self.net, plan.window, seg.index, "bcast", miners, obj.data, self._sem, cutoff)
+        receipt.bytes_uploaded += copies.bytes_sent
+        failed = sorted(set(copies.failed) | (set(replicas) - set(miners)))
+        if failed:
+            receipt.failed[seg.index] = failed
+        if copies.stored:
+            receipt.stored_at[seg.index] = [m for m, _ in copies.stored]
+            receipt.tags[seg.index] = dict(copies.stored)
 
     async def _write_record(self, plan: Plan, receipt: BroadcastReceipt) -> None:
         n = len(plan.segments)
         record = BroadcastRecord(plan.window, self.hotkey, tuple(receipt.sha256[i] for i in range(n)),
-                                 tuple(tuple(m for m in plan.miners_for(i) if m in receipt.stored_at[i])
-                                       for i in range(n)))
+                                 tuple(tuple((m, receipt.tags[i][m]) for m in plan.miners_for(i)
+                                             if m in receipt.tags.get(i, {})) for i in range(n)))
         obj = record.encode(self.net.spec, self.net.signer)
         key = str(keys.broadcast_record_key(self.net.spec.run_id, plan.window, self.hotkey))
         bucket = await self.net.bucket(plan.window, self.hotkey)
-        try:
-            await bucket.store.put(bucket.name, key, obj.data, if_none_match=True)
-            receipt.bytes_uploaded += obj.size
-        except PreconditionFailed:
-            data = await bucket.store.get(bucket.name, key, max_bytes=record_max_bytes(self.net.spec))
-            if BroadcastRecord.decode(data, self.net.spec, plan, self.hotkey).sha256 != record.sha256:
+
+        async def is_ours(data: bytes) -> bool:
+            try:
+                there = await asyncio.to_thread(BroadcastRecord.decode, data, self.net.spec, plan, self.hotkey)
+            except InvalidObject:
+                return False  # not a record of ours: replaced
+            if there.sha256 != record.sha256:
                 raise BroadcastFailed(f"window {plan.window}: a different broadcast of ours is already recorded; "
-                                      "one broadcast per sender per window") from None
+                                      "one broadcast per sender per window")
+            return True
+        try:
+            if await write_own(bucket, key, obj.data, is_ours=is_ours) != "existing":
+                receipt.bytes_uploaded += obj.size
         except StorageError as e:
             raise BroadcastFailed(f"window {plan.window}: could not write the broadcast record: {e}") from e
 
@@ -242,11 +246,11 @@ class Broadcaster:
         while True:
             try:
                 bucket = await self.net.bucket(window, sender)
-                info = await bucket.store.head(bucket.name, key)
+                info = await asyncio.wait_for(bucket.store.head(bucket.name, key), self.config.request_timeout)
             except NotFound:
                 info = None
-            except (StorageError, KeyError) as e:
-                log.info("window %d: sender %s's bucket unreachable: %s", window, sender[:10], e)
+            except (StorageError, KeyError, asyncio.TimeoutError) as e:
+                log.info("window %d: sender %s's bucket unreachable: %s", window, sender[:10], str(e) or "timed out")
                 info = None
             # Read the block after looking: an object seen before the deadline block exists was written in time.
             past = await self.net.block() >= deadline_block
@@ -264,9 +268,13 @@ class Broadcaster:
                 raise BroadcastFailed(f"window {window}: {sender[:10]}'s broadcast record was written after the "
                                       "upload deadline", rejected)
         try:
-            data = await bucket.store.get(bucket.name, key, max_bytes=record_max_bytes(self.net.spec),
-                                          if_match=info.etag)
+            data = await asyncio.wait_for(bucket.store.get(bucket.name, key, max_bytes=record_max_bytes(
+                self.net.spec), if_match=info.etag), self.config.request_timeout)
             return await asyncio.to_thread(BroadcastRecord.decode, data, self.net.spec, plan, sender)
+        except asyncio.TimeoutError:
+            rejected["timeout"] += 1
+            raise BroadcastFailed(f"window {window}: {sender[:10]}'s broadcast record did not come within "
+                                  f"{self.config.request_timeout:.0f}s", rejected) from None
         except ObjectTooLarge:
             rejected["oversized"] += 1
             raise BroadcastFailed(f"window {window}: {sender[:10]}'s broadcast record is oversized", rejected)
@@ -282,19 +290,24 @@ class Broadcaster:
     async def _receive_segment(self, plan: Plan, directory: Directory, record: BroadcastRecord, seg: Segment,
                                scores: Mapping[str, float], result: BroadcastResult) -> SegmentSource | None:
         window, sender, rejected = plan.window, record.sender, result.rejected
-        key = str(keys.broadcast_key(self.net.spec.run_id, window, seg.index, sender))
         expect = copy_expect(self.net.spec, seg, sender)
-        candidates = order_replicas(record.stored_at[seg.index], scores, self.hotkey, seg.index)
+        candidates = order_replicas(record.miners_for(seg.index), scores, self.hotkey, seg.index)
         for refused, miner in enumerate(candidates):
             if not directory.accepts(miner):
                 rejected["not_allowed"] += 1
                 log.info("window %d segment %d: skipping miner %s, excluded by our lists", window, seg.index,
                          miner[:10])
                 continue
+            copy_key = record.copy_key(self.net.spec.run_id, seg.index, miner)
+            key = str(copy_key)
+            if not keys.tag_valid(copy_key, miner):
+                rejected[JunkKey.reason] += 1  # the sender's record names a key it did not make for that bucket
+                continue
             async with self._sem:
                 try:
                     bucket = await self.net.bucket(window, miner)
-                    data = await bucket.store.get(bucket.name, key, max_bytes=expect.max_bytes)
+                    data = await asyncio.wait_for(bucket.store.get(bucket.name, key, max_bytes=expect.max_bytes),
+                                                  self.config.request_timeout)
                     result.bytes_downloaded += len(data)
                     decoded = await asyncio.to_thread(decode, data, key, expect)
                     if decoded.sha256 != record.sha256[seg.index]:
@@ -309,6 +322,8 @@ class Broadcaster:
                     reason, detail = e.reason, str(e)
                 except (StorageError, KeyError) as e:
                     reason, detail = "unreachable", str(e)
+                except asyncio.TimeoutError:
+                    reason, detail = "timeout", f"no answer within {self.config.request_timeout:.0f}s"
             rejected[reason] += 1
             log.warning("window %d segment %d: broadcast copy at miner %s refused (%s): %s; trying the next "
                         "replica", window, seg.index, miner[:10], reason, detail)

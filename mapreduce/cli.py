@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -101,13 +100,7 @@ def open_chain(args: argparse.Namespace) -> Chain:
 
 def published_location(role: str, bucket: str, s3: S3Config) -> BucketLocation:
     """What goes on chain: our bucket, and the endpoint and scoped keys others use (MR_PUBLIC_*)."""
-    return BucketLocation(
-        role=role, bucket=bucket,
-        # Empty counts as unset, as for MR_S3_*: an empty line copied from .env.example must not publish "AWS".
-        endpoint=os.environ.get("MR_PUBLIC_ENDPOINT_URL") or s3.endpoint_url or "",
-        access_key_id=os.environ.get("MR_PUBLIC_ACCESS_KEY_ID", ""),
-        secret_access_key=os.environ.get("MR_PUBLIC_SECRET_ACCESS_KEY", ""),
-    )
+    return BucketLocation.published(role, bucket, s3.endpoint_url)
 
 
 class SetupError(Exception):
@@ -180,7 +173,7 @@ async def _serve(role: str, args: argparse.Namespace) -> int:
     try:
         directory_role = "miner" if role == "miner" else "validator"
         location = published_location(directory_role, args.bucket, s3)
-        store = await net.pool.store_for(location)
+        store = await net.pool.own_store()  # our bucket: our account's keys
         await store.create_bucket(args.bucket)
         await net.commit(location)
         log.info("%s %s on run %s, bucket %s, netuid %s", role, net.hotkey, net.spec.run_id, args.bucket,

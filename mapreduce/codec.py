@@ -7,8 +7,10 @@ the canonical header. The tree's leaves are a trailing ``__leaves__`` U8 tensor.
 :func:`decode` checks everything before trusting a byte, cheapest first, so a forged 256 MiB object costs a
 header parse and a signature check, not a hash of its data: size cap, pickle sniff, header-length cap, JSON,
 field types, dtype whitelist, offsets against the data length, key against metadata, hotkey allowed, signature,
-tensors against the expected spec, hash tree, finite values. Each failure raises its own
-:class:`~mapreduce.errors.InvalidObject` subclass. Nothing is unpickled; ``torch.load`` is never called.
+tensors against the expected spec, hash tree, finite values within the run's bound. Each failure raises its own
+:class:`~mapreduce.errors.InvalidObject` subclass, whatever the bytes: the header is parsed by
+:mod:`mapreduce.strictjson` (no nesting, duplicate keys or non-finite numbers) against a fixed schema. Nothing is
+unpickled; ``torch.load`` is never called.
 
 :func:`parse_header` is the header-only part, shared with the ranged reader in :mod:`mapreduce.partial`.
 """
@@ -16,19 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
-from . import hashtree
+from . import hashtree, strictjson
 from .errors import (BadSignature, DisallowedDtype, HashMismatch, HeaderTooLarge, KeyMismatch, MalformedHeader,
-                     NonFinite, OffsetMismatch, Oversized, PickleRejected, ShapeMismatch, Truncated, UnknownHotkey)
+                     NonFinite, OffsetMismatch, OutOfBounds, Oversized, PickleRejected, ShapeMismatch, Truncated,
+                     UnknownHotkey)
 from .keys import ObjectKey
 from .signing import Signer, verify
 
-VERSION = "1"
+VERSION = "2"
 LEAVES = "__leaves__"
 DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "U8": torch.uint8}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
@@ -37,6 +42,11 @@ _FLOAT = {"F32", "BF16"}
 _RESERVED = {"mr", "run", "window", "segment", "role", "hotkey", "sha256", "groups", "signature"}
 _SIG_PLACEHOLDER = "0" * 128
 _DIGEST_PLACEHOLDER = "0" * 64
+# What a header may hold: a few tensors with short printable names, each described by exactly these fields.
+MAX_TENSORS = 8
+_ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
+_TENSOR_NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")
+_NUMBER = {"window": re.compile(r"0|[1-9][0-9]{0,7}"), "segment": re.compile(r"0|[1-9][0-9]{0,4}")}
 
 
 @dataclass(frozen=True)
@@ -60,13 +70,15 @@ class Expect:
     """What a reader requires of an object: its tensors (dtype code, shape), who may have written it, size caps.
 
     A ``None`` dimension matches any length (an output's proof has one row per input, known only from its header);
-    ``max_bytes`` still bounds the object.
+    ``max_bytes`` still bounds the object. ``max_abs``: every float value must lie within ``[-max_abs, max_abs]``
+    (the run's bound on inputs, so no sum of valid inputs can overflow); None checks only that values are finite.
     """
 
     tensors: Mapping[str, tuple[str, tuple[int | None, ...]]]
     allowed: Callable[[str], bool]
     max_bytes: int
     max_header_bytes: int = 1 << 20
+    max_abs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -238,27 +250,32 @@ def parse_header(prefix: bytes | bytearray | memoryview, size: int, key: str, ex
     n = _check_prefix(prefix, size, expect.max_bytes, expect.max_header_bytes)
     if len(prefix) < 8 + n:
         raise Truncated(f"need {8 + n} header bytes, have {len(prefix)}")
-    try:
-        header = json.loads(bytes(prefix[8:8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedHeader(f"header is not JSON: {e}") from None
+    header = strictjson.loads(prefix[8:8 + n], "header", max_depth=3)
     if not isinstance(header, dict):
         raise MalformedHeader("header is not a JSON object")
     md = header.get("__metadata__")
-    if not isinstance(md, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in md.items()):
+    if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
         raise MalformedHeader("__metadata__ missing or not a map of strings")
     missing = {"mr", "run", "window", "role", "hotkey", "sha256", "groups", "signature"} - set(md)
     if missing:
         raise MalformedHeader(f"metadata lacks {sorted(missing)}")
     if md["mr"] != VERSION:
-        raise MalformedHeader(f"protocol version {md['mr']!r}, expected {VERSION!r}")
+        raise MalformedHeader(f"protocol version {md['mr'][:16]!r}, expected {VERSION!r}")
+    for name, pattern in _NUMBER.items():
+        if name in md and not pattern.fullmatch(md[name]):
+            raise MalformedHeader(f"metadata {name} {md[name][:16]!r} is not a canonical decimal number")
+    if len(header) - 1 > MAX_TENSORS:
+        raise MalformedHeader(f"{len(header) - 1} tensors; at most {MAX_TENSORS}")
 
     entries: dict[str, TensorEntry] = {}
     for name, e in header.items():
         if name == "__metadata__":
             continue
-        if not (isinstance(e, dict) and isinstance(e.get("dtype"), str) and isinstance(e.get("shape"), list)
-                and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+        if not _TENSOR_NAME.fullmatch(name) and name != LEAVES:
+            raise MalformedHeader(f"tensor name {name[:64]!r} is not 1-64 letters, digits, '_' or '.'")
+        if not (isinstance(e, dict) and set(e) == _ENTRY_FIELDS and isinstance(e["dtype"], str)
+                and isinstance(e["shape"], list) and len(e["shape"]) <= 4
+                and isinstance(e["data_offsets"], list) and len(e["data_offsets"]) == 2
                 and all(type(d) is int and d >= 0 for d in e["shape"] + e["data_offsets"])):
             raise MalformedHeader(f"tensor entry {name[:64]!r} is malformed")
         if e["dtype"] not in DTYPES:
@@ -292,7 +309,7 @@ def parse_header(prefix: bytes | bytearray | memoryview, size: int, key: str, ex
         meta_key = meta.key
     except ValueError as e:
         raise MalformedHeader(f"bad protocol metadata: {e}") from None
-    found_at = ObjectKey.parse(key)
+    found_at = ObjectKey.parse(key).untagged  # a tag is the key's own signature (keys.tag_valid), not metadata
     if found_at != meta_key:
         raise KeyMismatch(f"object found at {key[:200]!r} says it belongs at {str(meta_key)!r}")
     if not expect.allowed(meta.hotkey):
@@ -344,11 +361,22 @@ def tensor_view(buf: bytes | bytearray | memoryview, header: Header, name: str) 
     return t.view(e.shape)
 
 
-def check_finite(name: str, t: torch.Tensor) -> None:
-    # A finite sum proves every element finite (NaN and Inf propagate) at memory speed; only when it is not
-    # do we pay for the exact test, which tells a real NaN/Inf from an overflowing sum of huge values.
-    if t.numel() and not torch.isfinite(t.sum(dtype=torch.float32)) and not torch.isfinite(t).all():
+def check_finite(name: str, t: torch.Tensor, max_abs: float | None = None) -> None:
+    """NonFinite if ``t`` holds NaN or Inf; OutOfBounds if ``max_abs`` is given and some value is larger than it."""
+    if not t.numel():
+        return
+    if max_abs is None:
+        # A finite sum proves every element finite (NaN and Inf propagate) at memory speed; only when it is not
+        # do we pay for the exact test, which tells a real NaN/Inf from an overflowing sum of huge values.
+        if not torch.isfinite(t.sum(dtype=torch.float32)) and not torch.isfinite(t).all():
+            raise NonFinite(f"tensor {name!r} holds NaN or Inf")
+        return
+    low, high = torch.aminmax(t)  # one pass, no copy; NaN propagates into both
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise NonFinite(f"tensor {name!r} holds NaN or Inf")
+    if max(-low, high) > max_abs:
+        raise OutOfBounds(f"tensor {name!r} holds {max(-low, high):.3g}, beyond the run's bound of {max_abs:g}")
 
 
 def decode(buf: bytes | bytearray | memoryview, key: str, expect: Expect) -> Decoded:
@@ -365,6 +393,6 @@ def decode(buf: bytes | bytearray | memoryview, key: str, expect: Expect) -> Dec
     for name in expect.tensors:
         t = tensor_view(buf, header, name)
         if header.entries[name].dtype in _FLOAT:
-            check_finite(name, t)
+            check_finite(name, t, expect.max_abs)
         tensors[name] = t
     return Decoded(meta=header.meta, sha256=header.sha256, tensors=tensors, size=len(buf))

@@ -16,8 +16,11 @@ but never the plan, which every participant must compute alike (see :class:`Admi
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+from storage import InvalidEndpoint, check_endpoint
 
 from .chain.base import MAX_COMMITMENT_BYTES, Neuron
 from .errors import InvalidObject, NotAllowed, UnknownHotkey
@@ -48,8 +51,29 @@ class BucketLocation:
         check_bucket(self.bucket)
         for part in (self.endpoint, self.access_key_id, self.secret_access_key):
             # ASCII only: the SDK sizes on-chain Raw data by character count but sends UTF-8 bytes.
-            if "|" in part or not part.isascii() or any(ord(c) < 32 for c in part):
+            if not isinstance(part, str) or "|" in part or not part.isascii() or any(ord(c) < 32 for c in part):
                 raise CommitmentError("commitment fields must be ASCII without '|' or control characters")
+        if self.endpoint:
+            # Everyone will send requests there: a URL no client can use, or one with credentials, a path or a
+            # query in it, makes the commitment invalid (its owner is then no participant), never a crash.
+            try:
+                check_endpoint(self.endpoint)
+            except InvalidEndpoint as e:
+                raise CommitmentError(f"endpoint: {e}") from None
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise CommitmentError("an access key id needs its secret, and a secret its key id")
+
+    @classmethod
+    def published(cls, role: str, bucket: str, own_endpoint: str | None,
+                  environ: "Mapping[str, str] | None" = None) -> "BucketLocation":
+        """What a process publishes on chain for its bucket: ``MR_PUBLIC_ENDPOINT_URL`` (default: its own
+        endpoint) and the scoped keys others use, ``MR_PUBLIC_ACCESS_KEY_ID`` / ``MR_PUBLIC_SECRET_ACCESS_KEY``
+        (none: others read anonymously). Empty values count as unset, as for ``MR_S3_*``: an empty line copied
+        from .env.example must not publish "AWS"."""
+        env = os.environ if environ is None else environ
+        return cls(role=role, bucket=bucket, endpoint=env.get("MR_PUBLIC_ENDPOINT_URL") or own_endpoint or "",
+                   access_key_id=env.get("MR_PUBLIC_ACCESS_KEY_ID", ""),
+                   secret_access_key=env.get("MR_PUBLIC_SECRET_ACCESS_KEY", ""))
 
     def encode(self) -> str:
         code = {v: k for k, v in ROLES.items()}[self.role]

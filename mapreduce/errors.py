@@ -71,6 +71,12 @@ class NonFinite(InvalidObject):
     reason = "non_finite"
 
 
+class OutOfBounds(InvalidObject):
+    """Finite values beyond the run spec's ``max_abs_value``: a sum of enough of them could overflow fp32."""
+
+    reason = "out_of_bounds"
+
+
 class HashMismatch(InvalidObject):
     reason = "hash_mismatch"
 
@@ -107,6 +113,33 @@ class NotAllowed(InvalidObject):
     """Registered, but outside the allowed set: excluded by the run spec's or this process's allow and deny lists."""
 
     reason = "not_allowed"
+
+
+class MalformedReport(InvalidObject):
+    """A validator's signed report whose JSON is not a report of that validator and window."""
+
+    reason = "malformed_report"
+
+
+class JunkKey(InvalidObject):
+    """A key in a listing that no participant wrote: not of the protocol's layout, not by a participant of the
+    window in that role, or with a key tag that is not its writer's signature for this bucket (mapreduce/keys.py).
+    Dropped before anything is read."""
+
+    reason = "junk_key"
+
+
+class PhaseOver(ProtocolError):
+    """Work on a window phase was still running when the chain reached the phase's last block: stopped, because
+    what it would produce no longer counts (mapreduce.network.Network.before_block)."""
+
+    reason = "deadline"
+
+
+class Squatted(ProtocolError):
+    """A write-once key we chose already holds an object that is not ours."""
+
+    reason = "squatted"
 
 
 class BroadcastFailed(ProtocolError):

@@ -3,8 +3,9 @@
 A miner runs nothing for a broadcast; its duty is to keep the copies readable, quickly, until the window is pruned.
 After a window's reduce deadline a validator:
 
-1. lists each miner's window and collects the senders of ``bcast`` copies it finds (a miner that dropped a copy
-   cannot hide the broadcast: the other replicas and segments name the sender too);
+1. lists each miner's ``bcast/`` prefix (capped; junk keys, which no participant wrote, dropped unread:
+   :mod:`mapreduce.listing`) and collects the senders of the copies it finds (a miner that dropped a copy cannot
+   hide the broadcast: the other replicas and segments name the sender too);
 2. reads each sender's signed record from the sender's bucket (it must be on time, from an allowed peer, and agree
    with the broadcast plan), which says which miner should hold which copy and its content hash; refused senders
    and records are counted by reason and cost no miner anything;
@@ -23,13 +24,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from storage import NotFound, ObjectInfo, ObjectTooLarge, StorageError
+from storage import NotFound, ObjectTooLarge, StorageError
 
 from . import keys
 from .audit import ReaderCache
 from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
 from .errors import InvalidObject, Late
-from .keys import ObjectKey
+from .listing import genuine, list_capped
 from .network import Network
 from .partial import RangeReader
 from .plan import Segment, segment_bounds
@@ -47,20 +48,19 @@ class HostingConfig:
     ranges_per_segment: int = 2
     range_elements: int = 1024
     concurrency: int = 8
+    check_timeout: float = 60.0  # seconds one copy's check may take; a slower miner's endpoint loses the check
+    list_timeout: float = 10.0  # seconds one listing of a miner's copies, or one sender's record, may take
 
 
-async def _hosted(net: Network, window: int, miner: str) -> dict[tuple[str, int], ObjectInfo]:
-    """(sender, segment) -> copy, for the broadcast copies listed in ``miner``'s bucket."""
+async def _hosted(net: Network, window: int, miner: str, rejected: Counter) -> set[str]:
+    """The senders of the broadcast copies genuinely written into ``miner``'s bucket (junk keys dropped unread)."""
     bucket = await net.bucket(window, miner)
-    out = {}
-    for info in await bucket.store.list(bucket.name, keys.window_prefix(net.spec.run_id, window)):
-        try:
-            k = ObjectKey.parse(info.key)
-        except InvalidObject:
-            continue
-        if k.role == "bcast" and k.run == net.spec.run_id and k.window == window:
-            out[(k.hotkey, k.segment)] = info
-    return out
+    directory = await net.directory(window)
+    prefix = keys.role_prefix(net.spec.run_id, window, "bcast")
+    listing = await list_capped(bucket, prefix, expected=len(directory.peers) * net.spec.segments)
+    found = genuine(listing, net.spec.run_id, window, "bcast", miner, lambda h: directory.exclusion(h, "peer"),
+                    rejected)
+    return {sender for _, sender in found}
 
 
 async def _record(net: Network, window: int, sender: str, deadline: float, rejected: Counter) -> BroadcastRecord | None:
@@ -92,10 +92,9 @@ async def _record(net: Network, window: int, sender: str, deadline: float, rejec
     return None
 
 
-async def _check_copy(net: Network, window: int, miner: str, sender: str, seg: Segment, sha256: str,
+async def _check_copy(net: Network, window: int, miner: str, sender: str, seg: Segment, sha256: str, key: str,
                       ranges: list[tuple[int, int]], scoring: ScoringConfig, rejected: Counter) -> HostingCheck:
     check = HostingCheck(miner, sender, seg.index, "ok")
-    key = str(keys.broadcast_key(net.spec.run_id, window, seg.index, sender))
     reader: RangeReader | None = None
     started = time.monotonic()
     try:
@@ -135,17 +134,23 @@ async def check_hosting(net: Network, window: int, cfg: HostingConfig, scoring: 
     miners = [m for m in directory.miners if directory.accepts(m)]
     deadline = await net.block_timestamp(net.phases(window).upload_deadline)
 
-    async def listing(miner: str) -> dict[tuple[str, int], ObjectInfo]:
+    async def listing(miner: str) -> set[str]:
         try:
-            return await _hosted(net, window, miner)
-        except (StorageError, KeyError) as e:
-            log.info("window %d: cannot list miner %s for broadcasts: %s", window, miner[:10], e)
-            return {}
+            return await asyncio.wait_for(_hosted(net, window, miner, rejected), cfg.list_timeout)
+        except (StorageError, KeyError, asyncio.TimeoutError) as e:
+            log.info("window %d: cannot list miner %s for broadcasts: %s", window, miner[:10], str(e) or "timed out")
+            return set()
     listings = await asyncio.gather(*(listing(m) for m in miners))
-    senders = sorted({sender for hosted in listings for sender, _ in hosted})
+    senders = sorted(set().union(*listings))
     records = {}
-    for sender in senders:
-        record = await _record(net, window, sender, deadline, rejected)
+
+    async def record_of(sender: str) -> BroadcastRecord | None:
+        try:
+            return await asyncio.wait_for(_record(net, window, sender, deadline, rejected), cfg.list_timeout)
+        except asyncio.TimeoutError:
+            rejected["timeout"] += 1  # the sender's endpoint stalls: its broadcast costs no miner anything
+            return None
+    for sender, record in zip(senders, await asyncio.gather(*(record_of(s) for s in senders))):
         if record is not None:
             records[sender] = record
     if not records:
@@ -155,18 +160,26 @@ async def check_hosting(net: Network, window: int, cfg: HostingConfig, scoring: 
     picks = []
     for miner in miners:  # sorted, as are senders and segments: every validator draws from the same list
         duties = [(s, i) for s, rec in sorted(records.items()) for i in range(len(segments))
-                  if miner in rec.stored_at[i]]
+                  if miner in rec.miners_for(i)]
         for sender, i in rng.sample(duties, min(cfg.segments_per_miner, len(duties))):
             seg = segments[i]
             n = min(cfg.range_elements, seg.numel)
             ranges = sorted((a, a + n) for a in (rng.randrange(0, seg.numel - n + 1)
                                                  for _ in range(cfg.ranges_per_segment)))
-            picks.append((miner, sender, seg, records[sender].sha256[i], ranges))
+            record = records[sender]
+            picks.append((miner, sender, seg, record.sha256[i], str(record.copy_key(net.spec.run_id, i, miner)),
+                          ranges))
     sem = asyncio.Semaphore(cfg.concurrency)
 
     async def one(pick) -> HostingCheck:
         async with sem:
-            return await _check_copy(net, window, *pick, scoring, rejected)
+            try:
+                return await asyncio.wait_for(_check_copy(net, window, *pick, scoring, rejected), cfg.check_timeout)
+            except asyncio.TimeoutError:
+                check = HostingCheck(pick[0], pick[1], pick[2].index, "missing",
+                                     f"the copy was not served within {cfg.check_timeout:.0f}s")
+                rejected["timeout"] += 1
+                return check
     return list(await asyncio.gather(*(one(p) for p in picks)))
 
 

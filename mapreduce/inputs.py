@@ -21,13 +21,14 @@ from storage import ObjectInfo, ObjectTooLarge, StorageError
 
 from . import keys
 from .codec import decode
-from .errors import InvalidObject, Late, MetadataMismatch
+from .errors import InvalidObject, Late
 from .keys import ObjectKey
+from .listing import genuine, list_capped
 from .network import Bucket, Network
 from .plan import Segment
 from .proof import proof_rows
 from .reduce import Accumulator
-from .windows import on_time
+from .windows import from_the_future, on_time
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +39,50 @@ class InputRef:
     key: str
     info: ObjectInfo
 
+    @property
+    def tag(self) -> str:
+        return ObjectKey.parse(self.key).tag or ""
+
+
+def counted(groups: dict[tuple[int, str], list[tuple[ObjectKey, ObjectInfo]]], deadline: float, skew: float,
+            rejected: Counter, present: frozenset[str] = frozenset()) -> dict[tuple[int, str], ObjectInfo]:
+    """``(segment, peer) -> the input that counts``, from :func:`mapreduce.listing.genuine`'s candidates.
+
+    An input counts if it is on time: stamped by the bucket's server no later than the upload deadline plus the
+    clock allowance, or listed in ``present``, keys the caller itself saw in the bucket before the deadline by its
+    own clock, which the server's stamps cannot overrule (a validator's evidence against a miner whose server lies
+    about time). A stamp from the future (:func:`~mapreduce.windows.from_the_future`) proves only that the
+    server lies: it cannot make an input late. A peer with several such keys (it wrote twice) counts once, by its
+    first key in key order, the same for everyone. Miners, validators and peers all decide with this one function.
+    """
+    out = {}
+    now = time.time()
+    for (segment, peer), candidates in sorted(groups.items()):
+        on_time_keys = [(k, info) for k, info in candidates
+                        if str(k) in present or on_time(info.last_modified.timestamp(), deadline, skew)
+                        or from_the_future(info.last_modified.timestamp(), now, skew)]
+        if not on_time_keys:
+            late_by = min(info.last_modified.timestamp() for _, info in candidates) - deadline
+            rejected[Late.reason] += 1
+            log.info("window input of %s for segment %d not counted (late): written %.1fs after the upload deadline",
+                     peer[:10], segment, late_by)
+            continue
+        out[(segment, peer)] = on_time_keys[0][1]
+    return out
+
 
 async def list_inputs(net: Network, window: int, seg: Segment, bucket: Bucket, deadline: float,
-                      rejected: Counter) -> list[InputRef]:
-    """Inputs for ``seg`` in ``bucket`` that were written by the upload deadline by registered peers, by hotkey."""
+                      rejected: Counter, present: frozenset[str] = frozenset()) -> list[InputRef]:
+    """The inputs of ``seg`` in ``bucket`` that count (:func:`counted`), sorted by peer hotkey: one per peer of the
+    window, under a key that peer really wrote for this bucket (:func:`mapreduce.listing.genuine`)."""
     directory = await net.directory(window)
-    prefix = keys.segment_prefix(net.spec.run_id, window, seg.index, "in")
-    skew = net.spec.windows.clock_skew_seconds
-    refs = []
-    for info in await bucket.store.list(bucket.name, prefix):
-        try:
-            k = ObjectKey.parse(info.key)
-            if (k.run, k.window, k.segment, k.role) != (net.spec.run_id, window, seg.index, "in"):
-                raise MetadataMismatch(f"{info.key} is not an input of segment {seg.index}")
-            excluded = directory.exclusion(k.hotkey, "peer")  # unknown, or outside the allow/deny lists
-            if excluded is not None:
-                raise excluded
-            if not on_time(info.last_modified.timestamp(), deadline, skew):
-                raise Late(f"written {info.last_modified.timestamp() - deadline:.1f}s after the upload deadline")
-        except InvalidObject as e:
-            rejected[e.reason] += 1
-            log.info("window %d segment %d: input %s not counted (%s): %s", window, seg.index, info.key[-60:],
-                     e.reason, e)
-            continue
-        refs.append(InputRef(k.hotkey, info.key, info))
-    return sorted(refs, key=lambda r: r.hotkey)
+    run = net.spec.run_id
+    prefix = keys.segment_prefix(run, window, seg.index, "in")
+    listing = await list_capped(bucket, prefix, expected=len(directory.peers), writers=directory.peers)
+    groups = genuine(listing, run, window, "in", bucket.owner, lambda h: directory.exclusion(h, "peer"), rejected,
+                     segment=seg.index)
+    chosen = counted(groups, deadline, net.spec.windows.clock_skew_seconds, rejected, present)
+    return [InputRef(peer, info.key, info) for (_, peer), info in sorted(chosen.items())]
 
 
 async def download_listed(bucket: Bucket, info: ObjectInfo, max_bytes: int) -> memoryview:
@@ -168,7 +188,7 @@ async def _reduce_listed(net: Network, window: int, seg: Segment, bucket: Bucket
         for ref in refs:
             got = await pending.popleft()
             if got is not None:
-                acc.add(ref.hotkey, *got)
+                acc.add(ref.hotkey, *got, tag=ref.tag)
             del got  # release this input before the next download starts: memory stays bounded
             start_next()
     finally:

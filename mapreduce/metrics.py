@@ -100,7 +100,7 @@ class MinerMetrics(RoleMetrics):
         self.late = Counter("mapreduce_miner_late_windows",
                             "Windows whose outputs were finished at or after the reduce deadline", registry=r)
         self.segments = Counter("mapreduce_miner_segments", "Assigned segments by outcome "
-                                "(written, existing, no-inputs, failed)", ["status"], registry=r)
+                                "(written, existing, no-inputs, late, failed)", ["status"], registry=r)
         self.inputs = Counter("mapreduce_miner_inputs_reduced", "Peer inputs included in written outputs",
                               registry=r)
         self.rejected = Counter("mapreduce_miner_inputs_rejected", "Peer inputs left out, by reason",

@@ -3,6 +3,11 @@
 Chain calls are synchronous (the SDK is); they run in worker threads so the event loop never blocks. Directory
 and plan are cached per window: within a window everyone must act on the same snapshot, and reading the
 metagraph once per window is also what the real chain's rate limits want.
+
+Two kinds of bucket access, never mixed up: a process reaches **its own bucket** with its own account's keys and
+endpoint (``MR_S3_*``: it may create, write and replace objects there), and **everyone else's** through the
+location they published on chain, with the scoped keys they published or, when they published none, with
+anonymous requests. The account's keys are never sent to an endpoint someone else chose.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, replace
+from typing import Awaitable, TypeVar
 
 from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
 
@@ -17,12 +23,14 @@ from .chain.base import Chain
 from . import hashtree
 from .codec import Expect, expected_object_bytes
 from .directory import Admission, BucketLocation, Directory
+from .errors import PhaseOver
 from .plan import Plan, Segment, make_plan
 from .signing import Signer
 from .spec import RunSpec
 from .windows import Phases, settle_time
 
 WIRE_CODES = {"float32": "F32", "bfloat16": "BF16"}
+T = TypeVar("T")
 
 
 class StorePool:
@@ -32,6 +40,7 @@ class StorePool:
     """
 
     def __init__(self, default: S3Config, transfer: TransferConfig | None = None, retry: RetryConfig | None = None):
+        """``default``: this process's own endpoint and account keys (its own bucket is reached with them)."""
         self.default = default
         self._transfer = transfer or TransferConfig()
         self._retry = retry or RetryConfig()
@@ -39,17 +48,34 @@ class StorePool:
         self.stats = TransferStats()
         self._lock = asyncio.Lock()
 
+    @property
+    def transfer(self) -> TransferConfig:
+        return self._transfer
+
+    @property
+    def retry(self) -> RetryConfig:
+        return self._retry
+
     def config_for(self, loc: BucketLocation) -> S3Config:
-        cfg = self.default
-        if loc.endpoint:
-            cfg = replace(cfg, endpoint_url=loc.endpoint)
+        """How to reach another party's bucket: its published endpoint (empty: our default endpoint) with its
+        published keys, or anonymously when it published none. Never with our account's keys."""
+        endpoint = loc.endpoint or self.default.endpoint_url
         if loc.access_key_id:
-            cfg = replace(cfg, access_key_id=loc.access_key_id, secret_access_key=loc.secret_access_key)
-        return cfg
+            return replace(self.default, endpoint_url=endpoint, access_key_id=loc.access_key_id,
+                           secret_access_key=loc.secret_access_key, session_token=None, anonymous=False)
+        return replace(self.default, endpoint_url=endpoint, access_key_id=None, secret_access_key=None,
+                       session_token=None, anonymous=True)
+
+    async def own_store(self) -> ObjectStore:
+        """The store for our own bucket: our endpoint, our account's keys."""
+        return await self._open(self.default)
 
     async def store_for(self, loc: BucketLocation) -> ObjectStore:
-        cfg = self.config_for(loc)
-        ident = (cfg.endpoint_url, cfg.access_key_id, cfg.secret_access_key)
+        """The store for another party's bucket (see :meth:`config_for`)."""
+        return await self._open(self.config_for(loc))
+
+    async def _open(self, cfg: S3Config) -> ObjectStore:
+        ident = (cfg.endpoint_url, cfg.access_key_id, cfg.secret_access_key, cfg.anonymous)
         async with self._lock:
             store = self._stores.get(ident)
             if store is None:
@@ -67,10 +93,12 @@ class StorePool:
 
 @dataclass(frozen=True)
 class Bucket:
-    """A participant's bucket, opened: the store that reaches it and its name."""
+    """A participant's bucket, opened: the store that reaches it, its name, and its owner's hotkey (key tags of
+    objects others write into a miner's bucket are made for that owner: mapreduce/keys.py)."""
 
     store: ObjectStore
     name: str
+    owner: str = ""
 
 
 class Network:
@@ -112,6 +140,37 @@ class Network:
                 return now
             await asyncio.sleep(self._poll)
 
+    def phase_end(self, block: int) -> asyncio.Task:
+        """A task that finishes when the chain reaches ``block``: one shared cutoff for many pieces of work
+        (:meth:`within`). Cancel it when done with it."""
+        return asyncio.ensure_future(self.wait_for_block(block))
+
+    @staticmethod
+    async def within(cutoff: asyncio.Future, work: Awaitable[T]) -> T:
+        """``await work``, unless ``cutoff`` finishes first: then ``work`` is cancelled and
+        :class:`~mapreduce.errors.PhaseOver` raised. Every phase of a window has a last block; nothing another
+        party does (a stalling endpoint, a trickling body) may keep a role in a phase past it."""
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task, cutoff}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise PhaseOver("still running at the end of its phase; stopped")
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def before_block(self, block: int, work: Awaitable[T]) -> T:
+        """:meth:`within` the phase ending at ``block``."""
+        cutoff = self.phase_end(block)
+        try:
+            return await self.within(cutoff, work)
+        finally:
+            cutoff.cancel()
+            await asyncio.gather(cutoff, return_exceptions=True)
+
     async def next_window(self, margin_blocks: int) -> int:
         """The first window with at least ``margin_blocks`` of its upload phase left; waits for its first block."""
         block = await self.block()
@@ -128,6 +187,14 @@ class Network:
         if delay > 0:
             await asyncio.sleep(delay)
         return deadline
+
+    async def block_seconds(self, block: int, span: int = 10) -> float:
+        """Seconds per block around ``block`` (which must exist), from the chain's own timestamps."""
+        first = max(0, block - span)
+        if first == block:
+            return 1.0
+        t1, t0 = await asyncio.gather(self.block_timestamp(block), self.block_timestamp(first))
+        return max(1e-3, (t1 - t0) / (block - first))
 
     async def block_hash(self, block: int) -> str:
         return await asyncio.to_thread(self.chain.block_hash, block)
@@ -178,17 +245,20 @@ class Network:
         return hashlib.sha256(f"sample|{self.spec.run_id}|{window}|{block_hash}".encode()).digest()
 
     async def bucket(self, window: int, hotkey: str) -> Bucket:
+        """``hotkey``'s bucket as published on chain for ``window``; our own with our account's keys."""
         loc = (await self.directory(window)).location(hotkey)
-        return Bucket(await self.pool.store_for(loc), loc.bucket)
+        if hotkey == self.hotkey:
+            return Bucket(await self.pool.own_store(), loc.bucket, hotkey)
+        return Bucket(await self.pool.store_for(loc), loc.bucket, hotkey)
 
     # -- what readers expect ---------------------------------------------------------------------------------------
 
     def segment_expect(self, segment: Segment, allowed) -> Expect:
-        """An input of one segment: a single wire-dtype vector named ``data``."""
+        """An input of one segment: a single wire-dtype vector named ``data``, within the run's value bound."""
         tensors = {"data": (WIRE_CODES[self.spec.wire_dtype], (segment.numel,))}
         return Expect(tensors, allowed=allowed,
                       max_bytes=expected_object_bytes(tensors, header_slack=self.spec.max_header_bytes),
-                      max_header_bytes=self.spec.max_header_bytes)
+                      max_header_bytes=self.spec.max_header_bytes, max_abs=self.spec.max_abs_value)
 
     def output_expect(self, segment: Segment, miner: str, max_inputs: int) -> Expect:
         """A miner's output: the reduced ``data`` and one ``proof`` row per data chunk and input (chunk-major)."""
@@ -196,6 +266,7 @@ class Network:
         tensors = {"data": (WIRE_CODES[self.spec.wire_dtype], (segment.numel,)),
                    "proof": ("U8", (chunks, None, hashtree.PROOF_BYTES))}
         largest = {"data": tensors["data"], "proof": ("U8", (chunks, max(1, max_inputs), hashtree.PROOF_BYTES))}
+        # The mean of inputs within the bound is within it too.
         return Expect(tensors, allowed=lambda h: h == miner,
                       max_bytes=expected_object_bytes(largest, header_slack=self.spec.max_header_bytes),
-                      max_header_bytes=self.spec.max_header_bytes)
+                      max_header_bytes=self.spec.max_header_bytes, max_abs=self.spec.max_abs_value)

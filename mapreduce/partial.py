@@ -18,7 +18,7 @@ import torch
 
 from . import hashtree
 from .codec import DTYPES, Expect, Header, check_finite, parse_header
-from .errors import HashMismatch, Truncated
+from .errors import HashMismatch, Oversized, Truncated
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
@@ -49,9 +49,18 @@ class RangeReader:
         return data
 
     async def open(self) -> Header:
-        """Fetch and check the header (layout, key, hotkey, signature, expected tensors)."""
+        """Fetch and check the header (layout, key, hotkey, signature, expected tensors).
+
+        The size (from a listing or a HEAD: the server's word) is checked against the cap before the first byte is
+        read, and the first read never asks for more than the largest header the cap allows.
+        """
         if self.header is None:
-            first = await self._get(0, min(self._size, self._first_read))
+            if self._size > self._expect.max_bytes:
+                raise Oversized(f"object is {self._size} bytes, the cap is {self._expect.max_bytes}")
+            if self._size < 8:
+                raise Truncated(f"object is {self._size} bytes, shorter than the 8-byte header length")
+            first_read = min(self._first_read, 8 + self._expect.max_header_bytes)
+            first = await self._get(0, min(self._size, first_read))
             if len(first) >= 8:
                 (n,) = struct.unpack_from("<Q", first, 0)
                 if 8 + n > len(first) and n <= self._expect.max_header_bytes and 8 + n <= self._size:
@@ -102,5 +111,6 @@ class RangeReader:
 
         piece = bytearray(chunks[byte_start - lo:byte_end - lo])
         values = torch.frombuffer(piece, dtype=DTYPES[entry.dtype]) if piece else torch.empty(0)
-        check_finite(name, values)
+        if entry.dtype != "U8":
+            check_finite(name, values, self._expect.max_abs)
         return values, first_chunk, chunks

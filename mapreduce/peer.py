@@ -17,7 +17,6 @@ One window, seen from a peer::
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -27,20 +26,23 @@ from typing import Mapping
 
 import torch
 
-from storage import NotFound, ObjectTooLarge, PreconditionFailed, StorageError
+from storage import ListingTooLong, NotFound, ObjectTooLarge, StorageError
 
 from . import keys
+from .audit import (ReaderCache, Wrong, check_against_records, check_proof_shape, impossible_stamp, listed_inputs,
+                    open_listed_inputs, read_records, recompute_difference, sample_ranges)
 from .codec import Encoded, ObjectMeta, check_finite, decode, encode
 from .directory import BucketLocation
-from .audit import (ReaderCache, UploadRecord, Wrong, check_against_records, check_proof_shape, listed_inputs,
-                    open_listed_inputs, read_records, recompute_difference, sample_ranges)
-from .errors import Late, NotAParticipant, ProtocolError
+from .errors import InvalidObject, Late, NotAParticipant, ProtocolError
 from .flat import flatten, unflatten
-from .inputs import download_listed, reduce_segment
+from .inputs import InputRef, download_listed, fetch_input, reduce_segment
+from .listing import PER_WRITER_KEYS, list_capped
 from .network import Network
 from .plan import Plan, Segment
 from .proof import proof_salt
+from .records import SegmentUpload, UploadRecord
 from .windows import on_time, settle_time
+from .writes import write_copies, write_own
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class PeerConfig:
     # spot check off. One range of 1024 elements costs a few KiB per input.
     spot_check_ranges: int = 1
     spot_check_elements: int = 1024
+    # Seconds one poll of one replica may take (listing, download, audit): a replica whose endpoint stalls is
+    # given up for that poll, and the others are polled meanwhile.
+    fetch_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.fallback not in ("reduce", "own"):
@@ -70,6 +75,8 @@ class UploadReceipt:
     stored_at: dict[int, list[str]]  # segment -> miners whose bucket accepted it
     failed: dict[int, list[str]]  # segment -> miners whose bucket did not
     bytes_uploaded: int = 0
+    tags: dict[int, dict[str, str]] = field(default_factory=dict)  # segment -> miner -> key tag of our input there
+    finished_at: float | None = None  # unix time (our clock) when every upload had landed
 
 
 @dataclass(frozen=True)
@@ -116,10 +123,11 @@ class Peer:
         return self.net.hotkey
 
     async def setup(self, location: BucketLocation | None = None) -> None:
-        """Create our bucket if needed and publish it on chain as a peer's (once per run; a no-op when the chain
-        already holds it). ``location`` defaults to our bucket on the storage endpoint we use."""
-        location = location or BucketLocation("peer", self.bucket, self.net.pool.default.endpoint_url or "")
-        store = await self.net.pool.store_for(location)
+        """Create our bucket (with our account's keys) if needed and publish it on chain as a peer's (once per run;
+        a no-op when the chain already holds it). ``location`` defaults to our bucket on the storage endpoint we
+        use, with the read-only keys in ``MR_PUBLIC_*`` (none: others read it anonymously)."""
+        location = location or BucketLocation.published("peer", self.bucket, self.net.pool.default.endpoint_url)
+        store = await self.net.pool.own_store()
         await store.create_bucket(self.bucket)
         await self.net.commit(location)
 
@@ -143,7 +151,8 @@ class Peer:
     # -- upload --------------------------------------------------------------------------------------------------
 
     async def upload(self, window: int, flat: torch.Tensor) -> UploadReceipt:
-        check_finite("gradient", flat)  # never ship NaN: every miner would (rightly) reject it
+        # Never ship NaN, or values beyond the run's bound: every miner would (rightly) refuse them.
+        check_finite("gradient", flat, self.net.spec.max_abs_value)
         plan = await self.net.plan(window)
         excluded = (await self.net.directory(window)).exclusion(self.hotkey, "peer")
         if excluded is not None:
@@ -151,50 +160,44 @@ class Peer:
                                   "Register it on the netuid, commit a peer bucket (Peer.setup), and check the "
                                   "run's allow and deny lists.")
         receipt = UploadReceipt(window, {}, {}, {})
-        await asyncio.gather(*(self._upload_segment(plan, s, flat, receipt) for s in plan.segments))
+        # A copy not stored by the upload deadline would not count: no miner's endpoint may hold us past it.
+        cutoff = self.net.phase_end(self.net.phases(window).upload_deadline)
+        try:
+            await asyncio.gather(*(self._upload_segment(plan, s, flat, receipt, cutoff) for s in plan.segments))
+        finally:
+            cutoff.cancel()
+        receipt.finished_at = time.time()
         await self._write_record(receipt)
         return receipt
 
-    async def _upload_segment(self, plan: Plan, seg: Segment, flat: torch.Tensor, receipt: UploadReceipt) -> None:
+    async def _upload_segment(self, plan: Plan, seg: Segment, flat: torch.Tensor, receipt: UploadReceipt,
+                              cutoff: asyncio.Future) -> None:
         spec = self.net.spec
         async with self._sem:
             piece = flat[seg.start:seg.end].to(spec.torch_wire_dtype)
             meta = ObjectMeta(spec.run_id, plan.window, "in", self.hotkey, seg.index)
             obj: Encoded = await asyncio.to_thread(encode, meta, {"data": piece}, self.net.signer)
         receipt.sha256[seg.index] = obj.sha256
-        key = str(meta.key)
-
-        async def put(miner: str) -> None:
-            async with self._sem:
-                try:
-                    bucket = await self.net.bucket(plan.window, miner)
-                    await bucket.store.put(bucket.name, key, obj.data, if_none_match=True)
-                    receipt.bytes_uploaded += obj.size
-                except PreconditionFailed:
-                    pass  # written by an earlier attempt of ours (write-once): it is there
-                except (StorageError, KeyError) as e:
-                    log.warning("window %d segment %d: upload to miner %s failed: %s", plan.window, seg.index,
-                                miner[:10], e)
-                    receipt.failed.setdefault(seg.index, []).append(miner)
-                    return
-                receipt.stored_at.setdefault(seg.index, []).append(miner)
-
         directory = await self.net.directory(plan.window)
         # the run's lists shaped the plan; this process's own lists only narrow whom we use
-        await asyncio.gather(*(put(m) for m in plan.miners_for(seg.index) if directory.accepts(m)))
+        miners = [m for m in plan.miners_for(seg.index) if directory.accepts(m)]
+        copies = await write_copies(self.net, plan.window, seg.index, "in", miners, obj.data, self._sem, cutoff)
+        receipt.bytes_uploaded += copies.bytes_sent
+        if copies.stored:
+            receipt.stored_at[seg.index] = [m for m, _ in copies.stored]
+            receipt.tags[seg.index] = dict(copies.stored)
+        if copies.failed:
+            receipt.failed[seg.index] = sorted(copies.failed)
 
     async def _write_record(self, receipt: UploadReceipt) -> None:
         """The signed record of what we uploaded where: a miner cannot drop our input without a trace."""
-        uploads = [[s, receipt.sha256[s], sorted(receipt.stored_at.get(s, []))] for s in sorted(receipt.sha256)]
-        meta = ObjectMeta(self.net.spec.run_id, receipt.window, "record", self.hotkey,
-                          extra={"uploads": json.dumps(uploads, separators=(",", ":"))})
-        obj = encode(meta, {}, self.net.signer)
-        bucket = await self.net.bucket(receipt.window, self.hotkey)
+        uploads = {s: SegmentUpload(receipt.sha256[s], tuple(receipt.tags.get(s, {}).items()))
+                   for s in sorted(receipt.sha256)}
+        obj = UploadRecord(self.hotkey, receipt.window, uploads).encode(self.net.spec, self.net.signer)
         try:
-            await bucket.store.put(bucket.name, str(meta.key), obj.data, if_none_match=True)
-        except PreconditionFailed:
-            pass
-        except StorageError as e:
+            bucket = await self.net.bucket(receipt.window, self.hotkey)
+            await write_own(bucket, str(keys.record_key(self.net.spec.run_id, receipt.window, self.hotkey)), obj.data)
+        except (StorageError, KeyError) as e:
             log.warning("window %d: could not write the upload record: %s", receipt.window, e)
 
     # -- download ------------------------------------------------------------------------------------------------
@@ -202,46 +205,57 @@ class Peer:
     async def download(self, window: int, receipt: UploadReceipt, own: torch.Tensor) -> AllReduceResult:
         plan = await self.net.plan(window)
         result = AllReduceResult(window, torch.empty(self.net.spec.numel), {}, [], receipt)
-        # Other peers' signed records of what they uploaded where: a miner that forges or drops an input
-        # contradicts them. Written during the upload phase, so read them once it is over.
+        # Other peers' signed records of what they uploaded where: a miner that drops an input contradicts them.
+        # Written during the upload phase, so read them once it is over.
         await self.net.wait_for_block(self.net.phases(window).upload_deadline)
         directory = await self.net.directory(window)
-        self._records = await read_records(self.net, window, [p for p in directory.peers if p != self.hotkey])
+        self._records = await read_records(self.net, window, [p for p in directory.peers if p != self.hotkey],
+                                           result.rejected)
         # Honest miners write outputs only once their input listing is final (settle_time): polling before then
         # would only load their servers while they download our inputs.
         deadline = await self.net.block_timestamp(self.net.phases(window).upload_deadline)
         await asyncio.sleep(max(0.0, settle_time(deadline, self.net.spec.windows.clock_skew_seconds) - time.time()))
-        segments = await asyncio.gather(*(self._download_segment(plan, s, receipt, own, result)
+        segments = await asyncio.gather(*(self._download_segment(plan, s, receipt, own, result, deadline)
                                           for s in plan.segments))
         result.segments = sorted(segments, key=lambda r: r.segment)
         result.tensors = unflatten(self.net.spec, result.flat)
         return result
 
     async def _download_segment(self, plan: Plan, seg: Segment, receipt: UploadReceipt, own: torch.Tensor,
-                                result: AllReduceResult) -> SegmentResult:
+                                result: AllReduceResult, upload_deadline: float) -> SegmentResult:
         phases = self.net.phases(plan.window)
         directory = await self.net.directory(plan.window)
         replicas = [m for m in plan.miners_for(seg.index) if directory.accepts(m)]
+        ours = receipt.sha256.get(seg.index)
+        # Our own evidence, by our own clock: every upload of ours had landed (the server said so) before the
+        # deadline. A miner whose output leaves such an input of ours out is lying about it, whatever its server's
+        # timestamps say; its output is refused (and if every replica does it, we reduce the segment ourselves).
+        on_time_by_us = receipt.finished_at is not None and receipt.finished_at <= upload_deadline
         settled: set[str] = set()
-        fallback: tuple[str, torch.Tensor, int] | None = None  # a valid output that left our input out
+        fallback: tuple[str, torch.Tensor, int] | None = None  # a valid output that (rightly) left our input out
         while True:
             past_deadline = await self.net.block() >= phases.reduce_deadline
-            for miner in replicas:
-                if miner in settled:
-                    continue
-                got = await self._fetch_output(plan, seg, miner, past_deadline, result)
+            pending = [m for m in replicas if m not in settled]
+            fetched = await asyncio.gather(*(self._fetch_output(plan, seg, m, past_deadline, result)
+                                             for m in pending))
+            for miner, got in zip(pending, fetched):  # in plan order: the first valid replica wins
                 if got is None:
                     continue  # not there yet
                 settled.add(miner)
                 if got is False:
                     continue  # there, but invalid
                 values, inputs = got
-                ours = receipt.sha256.get(seg.index)
-                included = [self.hotkey, ours] in inputs
+                included = any(h == self.hotkey and s == ours for h, s, _ in inputs)
                 if included or miner not in receipt.stored_at.get(seg.index, []):
                     result.flat[seg.start:seg.end] = values
                     return SegmentResult(seg.index, "replica", miner, len(inputs), included)
-                log.warning("window %d segment %d: miner %s left our input out", plan.window, seg.index, miner[:10])
+                if on_time_by_us:
+                    result.rejected["omits_own_input"] += 1
+                    log.warning("window %d segment %d: miner %s left out our input, which was in its bucket before "
+                                "the deadline; refused", plan.window, seg.index, miner[:10])
+                    continue
+                log.warning("window %d segment %d: miner %s left our (late) input out", plan.window, seg.index,
+                            miner[:10])
                 fallback = fallback or (miner, values, len(inputs))
             if past_deadline or len(settled) == len(replicas):
                 break
@@ -254,7 +268,26 @@ class Peer:
 
     async def _fetch_output(self, plan: Plan, seg: Segment, miner: str, past_deadline: bool,
                             result: AllReduceResult):
-        """``None`` if absent, ``False`` if invalid, else ``(values, inputs)``."""
+        """``None`` if absent, ``False`` if invalid, else ``(values, inputs)``. Bounded in time: a replica whose
+        endpoint stalls costs at most ``fetch_timeout`` per poll, and never the other replicas' turn."""
+        try:
+            return await asyncio.wait_for(self._fetch_output_once(plan, seg, miner, past_deadline, result),
+                                          self.config.fetch_timeout)
+        except asyncio.TimeoutError:
+            if past_deadline:
+                result.rejected["timeout"] += 1
+                log.warning("window %d segment %d: miner %s did not answer within %.0fs", plan.window, seg.index,
+                            miner[:10], self.config.fetch_timeout)
+                return False
+            return None
+        except Exception:  # a bug must cost one replica, never the window
+            log.exception("window %d segment %d: internal error reading miner %s's output", plan.window, seg.index,
+                          miner[:10])
+            result.rejected["internal_error"] += 1
+            return False
+
+    async def _fetch_output_once(self, plan: Plan, seg: Segment, miner: str, past_deadline: bool,
+                                 result: AllReduceResult):
         key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
         directory = await self.net.directory(plan.window)
         expect = self.net.output_expect(seg, miner, len(directory.peers))
@@ -262,13 +295,15 @@ class Peer:
         async with self._sem:
             try:
                 bucket = await self.net.bucket(plan.window, miner)
-                # A listing of the segment's outputs rather than a HEAD of ours: one cheap request per poll, where
-                # a HEAD that misses costs two (the store asks whether the bucket exists), and it gives the size
-                # and ETag the download needs, so that is one GET with no second HEAD.
-                prefix = keys.segment_prefix(self.net.spec.run_id, plan.window, seg.index, "out")
-                info = next((o for o in await bucket.store.list(bucket.name, prefix) if o.key == key), None)
+                # A listing with our output's key as the prefix rather than a HEAD: one cheap request per poll,
+                # where a HEAD that misses costs two (the store asks whether the bucket exists), and it gives the
+                # size and ETag the download needs, so that is one GET with no second HEAD.
+                info = next((o for o in await bucket.store.list(bucket.name, key, max_keys=PER_WRITER_KEYS)
+                             if o.key == key), None)
                 if info is None:
                     return None  # not there yet
+                if impossible_stamp(info, self.net.spec.windows.clock_skew_seconds):
+                    raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
                 if past_deadline:
                     deadline = await self.net.block_timestamp(phases.reduce_deadline)
                     if not on_time(info.last_modified.timestamp(), deadline, self.net.spec.windows.clock_skew_seconds):
@@ -280,15 +315,17 @@ class Peer:
                 inputs = listed_inputs(decoded.meta)
                 values = decoded.tensors["data"]
                 check_proof_shape(tuple(decoded.tensors["proof"].shape), inputs)
-                await self._audit(plan, seg, miner, bucket, inputs, values, decoded.tensors["proof"])
-                return values.float(), [list(i) for i in inputs]
+                await self._audit(plan, seg, miner, bucket, inputs, values, decoded.tensors["proof"], result)
+                return values.float(), inputs
             except NotFound:
                 return None
-            except (ProtocolError, ObjectTooLarge, ValueError) as e:
-                reason = getattr(e, "reason", "oversized" if isinstance(e, ObjectTooLarge) else "malformed_header")
+            except (ProtocolError, ObjectTooLarge) as e:
+                reason = getattr(e, "reason", "oversized")
                 result.rejected[reason] += 1
                 log.warning("window %d segment %d: output of miner %s rejected (%s): %s", plan.window, seg.index,
                             miner[:10], reason, e)
+                if not past_deadline and isinstance(e, InvalidObject):
+                    return None  # not the miner's valid output (yet): someone else's junk at its key, or torn
                 return False
             except (StorageError, KeyError) as e:
                 if past_deadline:
@@ -298,27 +335,30 @@ class Peer:
                     return False
                 return None
 
-    async def _audit(self, plan: Plan, seg: Segment, miner: str, bucket, inputs: list[tuple[str, str]],
-                     values: torch.Tensor, proof: torch.Tensor) -> None:
+    async def _audit(self, plan: Plan, seg: Segment, miner: str, bucket, inputs: list[tuple[str, str, str]],
+                     values: torch.Tensor, proof: torch.Tensor, result: AllReduceResult) -> None:
         """Trust an output only if it agrees with the peers' records and with a recomputed sample."""
         cache = ReaderCache(self.net, bucket)
         deadline = await self.net.block_timestamp(self.net.phases(plan.window).upload_deadline)
-        omitted = check_against_records(miner, seg, inputs, self._records)
-        if omitted:
-            # Uploaded there, per its own record; if that input is valid and on time, the miner dropped it.
-            try:
-                await open_listed_inputs(self.net, plan.window, seg, cache,
-                                         [(p, self._records[p].uploads[seg.index][0]) for p in omitted], deadline)
-            except Wrong:
-                pass  # not there, late or invalid: the miner was right to leave it out
-            else:
-                raise Wrong(f"leaves out a valid input from {omitted[0][:10]}")
+        omitted, contradicting = check_against_records(miner, seg, inputs, self._records)
+        for peer in contradicting:
+            # That peer signed an input and a record that disagree: the peer lied, not the miner.
+            result.rejected["peer_equivocates"] += 1
+            log.info("window %d segment %d: peer %s's record contradicts its own signed input", plan.window,
+                     seg.index, peer[:10])
+        for peer in omitted:
+            # Uploaded there, per its own record. Blame the miner only if that whole input is valid and on time:
+            # a header that verifies over a NaN or torn body must not frame an honest miner.
+            key = self._records[peer].key_at(self.net.spec.run_id, seg.index, miner)
+            if await self._valid_whole_input(plan, seg, bucket, peer, key, deadline, result.rejected):
+                raise Wrong(f"leaves out a valid input from {peer[:10]}")
         if self.config.spot_check_ranges:
-            # One listing gives every input's size, ETag and time: no HEAD per input.
+            # One listing gives every input's size, ETag and time: no HEAD per input (HEADs if it is flooded).
             prefix = keys.segment_prefix(self.net.spec.run_id, plan.window, seg.index, "in")
-            listed = {o.key: o for o in await bucket.store.list(bucket.name, prefix)}
-            known = {h: listed[k] for h, _ in inputs
-                     if (k := str(keys.input_key(self.net.spec.run_id, plan.window, seg.index, h))) in listed}
+            try:
+                known = {o.key: o for o in await list_capped(bucket, prefix, expected=len(inputs))}
+            except ListingTooLong:
+                known = {}
             readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs, deadline, known=known)
             ranges = sample_ranges(random.Random(), seg, self.config.spot_check_ranges,
                                    self.config.spot_check_elements)
@@ -332,6 +372,22 @@ class Peer:
             if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype, rows, salt) > 0:
                 raise Wrong("output differs from the mean recomputed from its inputs")
 
+    async def _valid_whole_input(self, plan: Plan, seg: Segment, bucket, peer: str, key, deadline: float,
+                                 rejected: Counter) -> bool:
+        """Whether ``peer``'s input at ``key`` in ``bucket`` is there, on time and valid, checked whole."""
+        if key is None or not keys.tag_valid(key, bucket.owner):
+            return False
+        try:
+            info = await bucket.store.head(bucket.name, str(key))
+        except StorageError:
+            return False  # not there (or unreadable): nothing shows the miner had it
+        if impossible_stamp(info, self.net.spec.windows.clock_skew_seconds):
+            raise Wrong(f"its server stamps the input of {peer[:10]} in the future: its clock cannot be trusted")
+        if not on_time(info.last_modified.timestamp(), deadline, self.net.spec.windows.clock_skew_seconds):
+            return False
+        return await fetch_input(self.net, plan.window, seg, bucket, InputRef(peer, str(key), info),
+                                 rejected) is not None
+
     async def _finish_alone(self, plan: Plan, seg: Segment, own: torch.Tensor,
                             result: AllReduceResult) -> SegmentResult:
         if self.config.fallback == "reduce":
@@ -339,10 +395,12 @@ class Peer:
             for miner in plan.miners_for(seg.index):
                 try:
                     bucket = await self.net.bucket(plan.window, miner)
-                    acc = await reduce_segment(self.net, plan.window, seg, bucket, deadline, result.rejected)
-                except (StorageError, KeyError) as e:
+                    acc = await asyncio.wait_for(
+                        reduce_segment(self.net, plan.window, seg, bucket, deadline, result.rejected),
+                        4 * self.config.fetch_timeout)
+                except (StorageError, KeyError, asyncio.TimeoutError) as e:
                     log.warning("window %d segment %d: inputs at %s unreachable: %s", plan.window, seg.index,
-                                miner[:10], e)
+                                miner[:10], str(e) or "timed out")
                     continue
                 if acc.count:
                     included = self.hotkey in acc.hotkeys

@@ -25,9 +25,11 @@ class Accumulator:
         self._last: str | None = None
         self.hotkeys: list[str] = []
         self.hashes: list[str] = []
+        self.tags: list[str] = []  # the key tag each input was read under (mapreduce/keys.py)
         self.proofs: list[torch.Tensor] = []
 
-    def add(self, hotkey: str, sha256: str, values: torch.Tensor, proof: torch.Tensor | None = None) -> None:
+    def add(self, hotkey: str, sha256: str, values: torch.Tensor, proof: torch.Tensor | None = None,
+            tag: str = "") -> None:
         if self._last is not None and hotkey <= self._last:
             raise ValueError(f"inputs must be added in sorted hotkey order: {hotkey} after {self._last}")
         if values.numel() != self._numel:
@@ -36,12 +38,18 @@ class Accumulator:
         self._last = hotkey
         self.hotkeys.append(hotkey)
         self.hashes.append(sha256)
+        self.tags.append(tag)
         if proof is not None:
             self.proofs.append(proof)
 
     @property
     def count(self) -> int:
         return len(self.hotkeys)
+
+    @property
+    def inputs(self) -> list[tuple[str, str, str]]:
+        """``(hotkey, sha256, key tag)`` of every input added, in order: what an output lists."""
+        return list(zip(self.hotkeys, self.hashes, self.tags))
 
     def mean(self, wire_dtype: torch.dtype) -> torch.Tensor:
         if not self.count or self._sum is None:

@@ -1,14 +1,14 @@
 """A validator's per-window reports, read back from its bucket: ``python -m mapreduce report --bucket NAME``.
 
-The validator writes one JSON report per window at ``{run}/w{window:08d}/report/{hotkey}`` (mapreduce/keys.py;
-the fields are those of :class:`~mapreduce.validator.WindowReport`). This module finds them, picks one run and one
-validator, downloads the reports and hands them to :mod:`mapreduce.plots`, which draws the PNG files.
+The validator writes one signed report per window at ``{run}/w{window:08d}/report/{hotkey}`` (mapreduce/keys.py;
+a JSON body signed by the validator, mapreduce/records.py; the fields are those of
+:class:`~mapreduce.validator.WindowReport`). This module finds them, picks one run and one validator, downloads the
+reports, checks each one's signature and form, and hands them to :mod:`mapreduce.plots`, which draws the PNG files.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,13 +17,12 @@ from pathlib import Path
 from storage import ObjectInfo, ObjectStore, S3Config, StorageError
 
 from . import keys
-from .errors import InvalidObject, ProtocolError
+from .errors import InvalidObject, MalformedReport, ProtocolError
 from .names import check_bucket, check_run_id
 from .progress import bar
+from .records import MAX_REPORT_BYTES, decode_report
 
 log = logging.getLogger(__name__)
-
-MAX_REPORT_BYTES = 16 << 20  # a report lists a few checks per miner; far below this even with 256 miners
 
 
 class ReportError(Exception):
@@ -88,9 +87,10 @@ async def load_reports(store: ObjectStore, bucket: str, run: str | None = None, 
     async def fetch(info: ObjectInfo) -> tuple[str, dict | None]:
         async with sem:
             try:
+                k = keys.ObjectKey.parse(info.key)
                 data = await store.get(bucket, info.key, max_bytes=MAX_REPORT_BYTES)
-                return info.key, parse_report(bytes(data))
-            except (StorageError, ValueError) as e:
+                return info.key, await asyncio.to_thread(parse_report, bytes(data), k.run, k.window, k.hotkey)
+            except (StorageError, InvalidObject) as e:
                 log.warning("skipping %s: %s", info.key, e)
                 return info.key, None
 
@@ -105,15 +105,14 @@ async def load_reports(store: ObjectStore, bucket: str, run: str | None = None, 
     return result
 
 
-def parse_report(data: bytes) -> dict:
-    """A report's JSON, with the fields the plots use checked; ValueError if it is not a report."""
-    r = json.loads(data)
-    if not isinstance(r, dict) or not isinstance(r.get("window"), int):
-        raise ValueError("not a window report (no integer 'window')")
+def parse_report(data: bytes, run: str, window: int, validator: str) -> dict:
+    """A signed report's JSON (mapreduce/records.py), with the fields the plots use checked; InvalidObject (e.g.
+    ``bad_signature``, ``malformed_report``) if it is not this validator's report of this window."""
+    r = decode_report(data, run, window, validator)
     for name, kind in (("checks", list), ("scores", dict), ("ema", dict), ("rejected", dict)):
         r.setdefault(name, kind())
         if not isinstance(r[name], kind):
-            raise ValueError(f"field {name!r} is not a {kind.__name__}")
+            raise MalformedReport(f"field {name!r} is not a {kind.__name__}")
     return r
 
 

@@ -43,6 +43,10 @@ class RunSpec:
     windows: WindowConfig = field(default_factory=WindowConfig)
     # Readers refuse anything larger before downloading it; see codec.max_object_bytes for the derived cap.
     max_header_bytes: int = 1 << 20
+    # Every value of every input must lie within [-max_abs_value, max_abs_value], or the input is refused
+    # (out_of_bounds): far beyond any gradient of a run that trains, and small enough that the fp32 sum of
+    # 3.4e38 / max_abs_value inputs (3.4e29 at the default) cannot overflow, so the mean of valid inputs is finite.
+    max_abs_value: float = 1e9
     # Who takes part. Empty allow list: every registered hotkey; the deny list always wins.
     allow_hotkeys: tuple[str, ...] = ()
     deny_hotkeys: tuple[str, ...] = ()
@@ -76,6 +80,9 @@ class RunSpec:
         if not (isinstance(self.min_validator_stake, (int, float)) and math.isfinite(self.min_validator_stake)
                 and self.min_validator_stake >= 0):
             raise ValueError("min_validator_stake must be a finite number >= 0")
+        if not (isinstance(self.max_abs_value, (int, float)) and 0 < self.max_abs_value <= 1e30):
+            raise ValueError("max_abs_value must be a number in (0, 1e30]: the sum of a million inputs at the bound "
+                             "must stay finite in fp32")
 
     @property
     def numel(self) -> int:

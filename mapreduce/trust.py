@@ -8,19 +8,19 @@ smoothed score (EMA) of each miner. A reader trusts the report of a validator on
 - has at least the minimum stake, the higher of the spec's ``min_validator_stake`` and the reader's own (else
   ``low_stake``);
 
-and its report is there (``missing``) and well formed (``malformed_report``). Each exclusion is counted under that
-reason. The trusted view of a miner is the stake-weighted mean of the trusted validators' EMAs.
+and its report is there (``missing``), signed by it (else the codec's reason, e.g. ``bad_signature``) and well
+formed (``malformed_report``). Each exclusion is counted under that reason. The trusted view of a miner is the
+stake-weighted mean of the trusted validators' EMAs.
 
 What it is used for, kept deliberately small: receivers of a broadcast order each segment's replicas with it
 (:func:`order_replicas`), and a miner logs its standing with the trusted validators every window
-(:func:`standing_line`). A report is not signed; it is authenticated by the bucket it is read from, which the
-validator's hotkey committed on chain and which only the validator can write (docs/PROTOCOL.md, trust model).
+(:func:`standing_line`). A report is a signed object (:mod:`mapreduce.records`): a bucket that others can write
+cannot forge standing.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 from collections import Counter
@@ -29,13 +29,12 @@ from typing import Mapping, Sequence
 
 from storage import NotFound, ObjectTooLarge, StorageError
 
+from .errors import InvalidObject, MalformedReport
 from .keys import report_key
 from .network import Network
+from .records import MAX_REPORT_BYTES, decode_report
 
 log = logging.getLogger(__name__)
-
-# Reports list every check of a window; a few MiB covers thousands of miners, and nothing larger is read.
-MAX_REPORT_BYTES = 8 << 20
 
 
 @dataclass
@@ -48,16 +47,14 @@ class TrustedScores:
     excluded: Counter = field(default_factory=Counter)  # reason -> validators left out
 
 
-def _ema_of(text: bytes, validator: str, window: int) -> dict[str, float]:
-    """The ``ema`` map of a report, checked: it must name this validator and window, scores finite in [0, 1]."""
-    report = json.loads(text)
-    if not isinstance(report, dict) or report.get("validator") != validator or report.get("window") != window:
-        raise ValueError("report names another validator or window")
+def _ema_of(data: bytes, run: str, validator: str, window: int) -> dict[str, float]:
+    """The ``ema`` map of a signed report, checked: the validator's signature, this window, scores in [0, 1]."""
+    report = decode_report(data, run, window, validator)
     ema = report.get("ema")
     if not isinstance(ema, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             and 0.0 <= v <= 1.0 for k, v in ema.items()):
-        raise ValueError("report's ema is not a map of miner -> score in [0, 1]")
+        raise MalformedReport("report's ema is not a map of miner -> score in [0, 1]")
     return {k: float(v) for k, v in ema.items()}
 
 
@@ -93,8 +90,20 @@ async def trusted_scores(net: Network, window: int, lookback: int = 4) -> Truste
 
 
 async def _read_latest(net: Network, window: int, hotkey: str, lookback: int,
-                       ema_by_validator: dict[str, dict[str, float]], out: TrustedScores) -> str | None:
-    """Load ``hotkey``'s latest report into ``ema_by_validator``; the reason it could not, or None."""
+                       ema_by_validator: dict[str, dict[str, float]], out: TrustedScores,
+                       timeout: float = 10.0) -> str | None:
+    """Load ``hotkey``'s latest report into ``ema_by_validator``; the reason it could not, or None. A validator's
+    endpoint gets ``timeout`` seconds in all: one that stalls is left out (``timeout``), nobody waits on it."""
+    try:
+        return await asyncio.wait_for(_read_latest_unbounded(net, window, hotkey, lookback, ema_by_validator, out),
+                                      timeout)
+    except asyncio.TimeoutError:
+        log.info("window %d: validator %s's reports did not come within %.0fs", window, hotkey[:10], timeout)
+        return "timeout"
+
+
+async def _read_latest_unbounded(net: Network, window: int, hotkey: str, lookback: int,
+                                 ema_by_validator: dict[str, dict[str, float]], out: TrustedScores) -> str | None:
     try:
         bucket = await net.bucket(window, hotkey)
     except KeyError:
@@ -103,12 +112,16 @@ async def _read_latest(net: Network, window: int, hotkey: str, lookback: int,
         key = str(report_key(net.spec.run_id, w, hotkey))
         try:
             data = await bucket.store.get(bucket.name, key, max_bytes=MAX_REPORT_BYTES)
-            ema_by_validator[hotkey] = _ema_of(bytes(data), hotkey, w)
+            ema_by_validator[hotkey] = await asyncio.to_thread(_ema_of, bytes(data), net.spec.run_id, hotkey, w)
         except NotFound:
             continue  # not written yet, or that window was not validated: look further back
-        except (ObjectTooLarge, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        except ObjectTooLarge as e:
             log.info("window %d: report of validator %s for window %d ignored: %s", window, hotkey[:10], w, e)
-            return "malformed_report"
+            return "oversized"
+        except InvalidObject as e:
+            log.info("window %d: report of validator %s for window %d refused (%s): %s", window, hotkey[:10], w,
+                     e.reason, e)
+            return e.reason
         except StorageError as e:
             log.info("window %d: cannot read validator %s's report: %s", window, hotkey[:10], e)
             return "unreadable"

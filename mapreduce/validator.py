@@ -2,15 +2,23 @@
 
 Per window:
 
-1. **Observe** (upload deadline to reduce deadline): list every miner's inputs right at the upload deadline (what
-   the miner must include), then poll for outputs and note when each first appears, by our own clock: the latency
-   is observed independently of the miner, and an output we never saw before the deadline is missing.
+1. **Observe** (upload deadline to reduce deadline). At the upload deadline, by our own clock, list every miner's
+   inputs: what is there then was on time, whatever the miner's server stamps on it later. At the settle time
+   list them again: the inputs that count (:func:`mapreduce.inputs.counted`) are what each miner must include.
+   Then poll for outputs and note when each version first appears, by our own clock (latency is observed
+   independently of the miner; an output we never saw before the deadline is missing), and read each version's
+   header once: a miner that replaces one valid output with another has two answers, which is one too many.
 2. **Check** (after the reduce deadline): the sampling seed is the reduce deadline block's hash, which did not
    exist while miners worked. For each sampled (miner, segment) read the output's header and a few element ranges
    with ranged GETs, read the same ranges of every input it lists, recompute the mean in canonical order, and
-   compare. Headers of the expected inputs are checked too; nothing is downloaded whole.
-3. **Score** (:mod:`mapreduce.scoring`), persist state, write a JSON report to our bucket, set weights every
-   ``weights_every`` windows.
+   compare. Headers of the expected inputs are checked too; an expected input the output leaves out is verified
+   whole before the miner is blamed (a peer's valid header over a bad body frames nobody).
+3. **Score** (:mod:`mapreduce.scoring`): a plan miner whose bucket cannot be read scores 0 for the window (when
+   other miners' buckets could be read, so the fault is not ours). Persist state, write a signed report to our
+   bucket, set weights every ``weights_every`` windows.
+
+Every phase is bounded in time (a miner's endpoint that stalls costs that miner its check, nothing else), and a
+failure in one check or one window is logged and counted, never the end of the process.
 """
 from __future__ import annotations
 
@@ -23,20 +31,24 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from storage import NotFound, ObjectInfo, PreconditionFailed, StorageError
+from storage import ListingTooLong, NotFound, ObjectInfo, PreconditionFailed, StorageError
 
 from . import keys
-from .audit import (ReaderCache, Wrong, check_proof_shape, listed_inputs, open_listed_inputs, recompute_difference,
-                    sample_ranges)
+from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, open_listed_inputs,
+                    read_records, recompute_difference, sample_ranges)
 from .errors import InvalidObject, Late
 from .hosting import HostingConfig, check_hosting, hosting_lines
+from .inputs import InputRef, counted, fetch_input
 from .keys import ObjectKey
-from .network import Network
+from .listing import PER_WRITER_KEYS, cap_for, genuine, list_capped
+from .network import Bucket, Network
 from .observers import Observers
 from .plan import Plan, Segment
 from .proof import proof_salt
+from .records import encode_report
 from .scoring import HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segment_score, window_scores
-from .windows import on_time
+
+from .writes import write_own
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +60,23 @@ class ValidatorConfig:
     range_elements: int = 1024
     poll_interval: float = 0.25
     concurrency: int = 8
+    # Seconds one (miner, segment) check may take; a miner whose endpoint is slower loses that check.
+    check_timeout: float = 60.0
+    # Seconds one listing of one miner's bucket may take while observing.
+    list_timeout: float = 10.0
+    # How long before the upload deadline we list the miners' inputs for our own evidence of what was on time
+    # (at most half a block): uploads that land in this last stretch are judged by the servers' timestamps alone.
+    evidence_lead: float = 1.0
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     hosting: HostingConfig = field(default_factory=HostingConfig)  # broadcast copies (mapreduce.hosting)
+
+
+@dataclass
+class Version:
+    """One version of an output we saw: when, and whether its header verified (None: not read yet, or gone)."""
+
+    first_seen: float
+    valid: bool | None = None
 
 
 @dataclass
@@ -57,10 +84,23 @@ class Observation:
     """What we saw of one window while it ran."""
 
     inputs: dict[tuple[str, int], dict[str, ObjectInfo]] = field(default_factory=dict)  # (miner, seg) -> peer -> info
-    first_seen: dict[tuple[str, int], float] = field(default_factory=dict)  # (miner, seg) -> unix time
-    etags: dict[tuple[str, int], str] = field(default_factory=dict)
+    present: dict[str, frozenset[str]] = field(default_factory=dict)  # miner -> input keys there at the deadline
+    versions: dict[tuple[str, int], dict[str, Version]] = field(default_factory=dict)  # (miner, seg) -> etag -> seen
+    unreachable: dict[str, str] = field(default_factory=dict)  # miner -> why its bucket could not be read
+    reachable: set[str] = field(default_factory=set)  # miners whose bucket we could read at least once
+    rejected: Counter = field(default_factory=Counter)  # junk keys, late inputs... seen while observing
+    checked: dict[tuple[str, int], str] = field(default_factory=dict)  # (miner, seg) -> ETag of the output checked
+    lying_clock: set[str] = field(default_factory=set)  # miners whose server stamped an object in the future
     upload_deadline_time: float = 0.0
     reduce_deadline_time: float = 0.0
+
+    def latest(self, slot: tuple[str, int]) -> tuple[str, float] | None:
+        """(etag, first seen) of the newest version seen before the deadline, or None."""
+        seen = self.versions.get(slot)
+        if not seen:
+            return None
+        etag = max(seen, key=lambda e: seen[e].first_seen)
+        return etag, seen[etag].first_seen
 
 
 @dataclass
@@ -132,7 +172,17 @@ class Validator:
             window += 1  # we could not list this window's inputs at its deadline: do not judge it
         window = max(window, self.board.last_window + 1)
         pending: list[asyncio.Task] = []
-        while windows is None or len(reports) + len(pending) < windows:
+        done = 0
+
+        async def finish(task: asyncio.Task) -> None:
+            nonlocal done
+            done += 1
+            try:
+                reports.append(await task)
+            except Exception:  # one window's failure must never end the validator
+                log.exception("window validation failed; carrying on with the next window")
+
+        while windows is None or done + len(pending) < windows:
             if stop and stop.is_set():
                 break
             await self.net.wait_for_block(self.net.phases(window).start_block)
@@ -141,28 +191,31 @@ class Validator:
             # Apply finished windows in order; keep at most two in flight (this one's checks overlap the next's
             # observation phase).
             while pending and (pending[0].done() or len(pending) > 2):
-                reports.append(await pending.pop(0))
+                await finish(pending.pop(0))
         for task in pending:
-            reports.append(await task)
+            await finish(task)
         return reports
 
     async def validate_window(self, window: int) -> WindowReport:
         plan = await self.net.plan(window)
         observation = await self.observe(plan)
         checks, fetched, checked_bytes, rejected = await self.check(plan, observation)
+        rejected.update(observation.rejected)
         hosting = await check_hosting(self.net, window, self.config.hosting, self.config.scoring, rejected)
         await self.recheck_overwrites(plan, observation, checks)
         return await self.score(plan, checks, fetched, checked_bytes, rejected, hosting)
 
     async def recheck_overwrites(self, plan: Plan, obs: Observation, checks: list[SegmentCheck]) -> None:
-        """At the window's end, list the outputs again: one whose ETag changed since we first saw it was
+        """At the window's end, list the outputs again: one whose ETag changed since we checked it was
         overwritten after the fact (peers downloading late would get other bytes than we checked)."""
         await self.net.wait_for_block(self.net.phases(plan.window).end_block)
         later = Observation()
-        await asyncio.gather(*(self._list_window(plan, m, later, inputs=False) for m in plan.miners))
+        await asyncio.gather(*(self._poll_outputs(plan, m, later, None) for m in plan.miners))
         for c in checks:
             slot = (c.miner, c.segment)
-            if slot in obs.etags and later.etags.get(slot, obs.etags[slot]) != obs.etags[slot]:
+            checked = obs.checked.get(slot)
+            now = later.latest(slot)
+            if c.status == "ok" and checked is not None and now is not None and now[0] != checked:
                 c.status, c.reason = "wrong", "output was overwritten after the reduce deadline"
                 c.score = 0.0
 
@@ -171,39 +224,135 @@ class Validator:
     async def observe(self, plan: Plan) -> Observation:
         phases = self.net.phases(plan.window)
         obs = Observation()
+        directory = await self.net.directory(plan.window)
+        miners = [m for m in plan.miners if directory.accepts(m)]  # our own lists exclude the rest: not judged
+        # Our evidence of what was on time: each miner's inputs listed just before the upload deadline, by our own
+        # clock. What a listing that ended before the deadline holds was written in time, whatever the miner's
+        # server later stamps on it.
+        await self.net.wait_for_block(phases.upload_deadline - 1)
+        block_seconds = await self.net.block_seconds(phases.upload_deadline - 1)
+        expected_deadline = await self.net.block_timestamp(phases.upload_deadline - 1) + block_seconds
+        lead = min(self.config.evidence_lead, 0.5 * block_seconds)
+        await asyncio.sleep(max(0.0, expected_deadline - lead - time.time()))
+        finished = await asyncio.gather(*(self._list_inputs(plan, m, obs, at_deadline=True) for m in miners))
         await self.net.wait_for_block(phases.upload_deadline)
         obs.upload_deadline_time = await self.net.block_timestamp(phases.upload_deadline)
-        # outputs appearing meanwhile are noted by the polling below; the inputs list must wait for stragglers
+        skew = self.net.spec.windows.clock_skew_seconds
+        for miner, at in zip(miners, finished):
+            if at is None or at > obs.upload_deadline_time + skew:  # ended too late to prove anything
+                obs.present.pop(miner, None)
+        # The inputs that count must wait for stragglers stamped within the clock allowance. Outputs are watched
+        # from then on, while those listings run: a slow bucket must not delay when we see another miner's output.
         await self.net.settle(phases.upload_deadline)
-        await asyncio.gather(*(self._list_window(plan, m, obs, inputs=True) for m in plan.miners))
-        while True:
-            past = await self.net.block() >= phases.reduce_deadline
-            await asyncio.gather(*(self._list_window(plan, m, obs, inputs=False) for m in plan.miners))
-            if past:
-                break
-            await asyncio.sleep(self.config.poll_interval)
+        headers: list[asyncio.Task] = []
+
+        async def watch() -> None:
+            while True:
+                past = await self.net.block() >= phases.reduce_deadline
+                await asyncio.gather(*(self._poll_outputs(plan, m, obs, headers) for m in miners))
+                if past:
+                    return
+                await asyncio.sleep(self.config.poll_interval)
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(self._list_inputs(plan, m, obs, at_deadline=False) for m in miners))
+        await watcher
+        await asyncio.gather(*headers, return_exceptions=True)
         obs.reduce_deadline_time = await self.net.block_timestamp(phases.reduce_deadline)
         return obs
 
-    async def _list_window(self, plan: Plan, miner: str, obs: Observation, inputs: bool) -> None:
-        now = time.time()
+    async def _list_inputs(self, plan: Plan, miner: str, obs: Observation, at_deadline: bool) -> float | None:
+        """At the deadline: the input keys present (our evidence of what was on time); returns when the listing
+        ended, by our clock. At the settle time: the inputs that count, per segment of the miner."""
+        run, window = self.net.spec.run_id, plan.window
+        directory = await self.net.directory(window)
+        segments = plan.segments_for(miner)
+        async def inputs() -> list[ObjectInfo]:
+            bucket = await self.net.bucket(window, miner)
+            try:
+                return await list_capped(bucket, keys.role_prefix(run, window, "in"),
+                                         len(directory.peers) * len(segments))
+            except ListingTooLong:  # flooded with junk: one capped listing per segment, per peer if need be
+                found = []
+                for seg in segments:
+                    found += await list_capped(bucket, keys.segment_prefix(run, window, seg.index, "in"),
+                                               len(directory.peers), writers=directory.peers)
+                return found
+
         try:
-            bucket = await self.net.bucket(plan.window, miner)
-            listing = await bucket.store.list(bucket.name, keys.window_prefix(self.net.spec.run_id, plan.window))
-        except (StorageError, KeyError) as e:
-            log.info("window %d: cannot list miner %s: %s", plan.window, miner[:10], e)
+            listing = await asyncio.wait_for(inputs(), self.config.list_timeout)
+        except (StorageError, KeyError, asyncio.TimeoutError) as e:
+            obs.unreachable[miner] = f"cannot list its inputs: {str(e) or 'timed out'}"
+            log.info("window %d: cannot list miner %s's inputs: %s", window, miner[:10], str(e) or "timed out")
+            return None
+        obs.reachable.add(miner)
+        skew = self.net.spec.windows.clock_skew_seconds
+        if at_deadline:
+            obs.present[miner] = frozenset(i.key for i in listing)
+            return time.time()
+        if any(impossible_stamp(i, skew) for i in listing):
+            obs.lying_clock.add(miner)
+        mine = {s.index for s in segments}
+        groups = genuine(listing, run, window, "in", miner, lambda h: directory.exclusion(h, "peer"), obs.rejected)
+        groups = {k: v for k, v in groups.items() if k[0] in mine}
+        for (segment, peer), info in counted(groups, obs.upload_deadline_time, skew, obs.rejected,
+                                             obs.present.get(miner, frozenset())).items():
+            obs.inputs.setdefault((miner, segment), {})[peer] = info
+        return time.time()
+
+    async def _poll_outputs(self, plan: Plan, miner: str, obs: Observation, headers: list[asyncio.Task] | None
+                            ) -> None:
+        """Note every version of the miner's outputs we see, with the time we first saw it (our clock); with
+        ``headers``, start reading each new version's header (is it a valid output of the miner's?)."""
+        now = time.time()
+        run, window = self.net.spec.run_id, plan.window
+        segments = plan.segments_for(miner)
+        async def outputs() -> tuple[Bucket, list[ObjectInfo]]:
+            bucket = await self.net.bucket(window, miner)
+            try:
+                return bucket, await bucket.store.list(bucket.name, keys.role_prefix(run, window, "out"),
+                                                       max_keys=cap_for(len(segments)))
+            except ListingTooLong:  # junk under out/: look at exactly its keys
+                found = []
+                for seg in segments:
+                    key = str(keys.output_key(run, window, seg.index, miner))
+                    found += [i for i in await bucket.store.list(bucket.name, key, max_keys=PER_WRITER_KEYS)
+                              if i.key == key]
+                return bucket, found
+
+        try:
+            bucket, listing = await asyncio.wait_for(outputs(), self.config.list_timeout)
+        except (StorageError, KeyError, asyncio.TimeoutError) as e:
+            log.info("window %d: cannot list miner %s's outputs: %s", window, miner[:10], str(e) or "timed out")
             return
+        obs.reachable.add(miner)
+        mine = {s.index for s in segments}
         for info in listing:
             try:
                 k = ObjectKey.parse(info.key)
             except InvalidObject:
                 continue
+            if k.role != "out" or k.hotkey != miner or k.segment not in mine:
+                continue
             slot = (miner, k.segment)
-            if inputs and k.role == "in":
-                obs.inputs.setdefault(slot, {})[k.hotkey] = info
-            elif not inputs and k.role == "out" and k.hotkey == miner and slot not in obs.first_seen:
-                obs.first_seen[slot] = now
-                obs.etags[slot] = info.etag
+            versions = obs.versions.setdefault(slot, {})
+            if info.etag not in versions:
+                version = versions[info.etag] = Version(now)
+                if headers is not None:
+                    headers.append(asyncio.create_task(self._read_version(plan, bucket, info, version)))
+
+    async def _read_version(self, plan: Plan, bucket: Bucket, info: ObjectInfo, version: Version) -> None:
+        k = ObjectKey.parse(info.key)
+        seg = plan.segments[k.segment]
+        directory = await self.net.directory(plan.window)
+        reader = ReaderCache(self.net, bucket).reader(info, seg, lambda h: h == k.hotkey,
+                                                      self.net.output_expect(seg, k.hotkey, len(directory.peers)))
+        try:
+            await asyncio.wait_for(reader.open(), self.config.list_timeout)
+            version.valid = True
+        except InvalidObject:
+            version.valid = False
+        except (StorageError, asyncio.TimeoutError):
+            pass  # replaced already, or unreadable: unknown
 
     # -- 2. check ----------------------------------------------------------------------------------------------------
 
@@ -221,27 +370,35 @@ class Validator:
             for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
                 slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements)))
         stats = {"fetched": 0, "checked": 0}
-        checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats)
+        records: dict = {}
+        if any(m in obs.unreachable and m not in obs.reachable for m in plan.miners):
+            # Peers' records say whether they could write to a miner we cannot read: its bucket is up for them.
+            records = await read_records(self.net, plan.window, directory.peers, rejected)
+        checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats, records)
                                         for m, seg, ranges in slots))
         return [c for c in checks if c is not None], stats["fetched"], stats["checked"], rejected
 
     async def _check_slot(self, plan: Plan, obs: Observation, miner: str, seg: Segment,
-                          ranges: list[tuple[int, int]], rejected: Counter, stats: dict) -> SegmentCheck | None:
+                          ranges: list[tuple[int, int]], rejected: Counter, stats: dict,
+                          records: dict) -> SegmentCheck | None:
         async with self._sem:
             check = SegmentCheck(miner, seg.index, "ok")
             cache: ReaderCache | None = None
             try:
-                cache = ReaderCache(self.net, await self.net.bucket(plan.window, miner))
-                expected = await self._expected_inputs(plan, obs, miner, seg, cache, rejected)
-                check.expected = len(expected)
-                slot = (miner, seg.index)
-                if slot not in obs.first_seen:
-                    if not expected:
-                        return None  # nothing to reduce, nothing to judge
-                    check.status, check.reason = "missing", "no output by the reduce deadline"
+                if miner not in obs.reachable:
+                    uploads = sum(1 for r in records.values() if seg.index in r.uploads
+                                  and r.uploads[seg.index].tag_at(miner))
+                    if not (obs.reachable or uploads):
+                        return None  # we could read no bucket at all: our fault, not the miners'
+                    check.status = "missing"
+                    check.reason = (f"bucket unreadable ({obs.unreachable.get(miner, 'no answer')[:120]})"
+                                    + (f"; {uploads} peer(s) recorded uploads to it" if uploads else ""))
                     return self._scored(check, obs)
-                check.latency = obs.first_seen[slot] - obs.upload_deadline_time
-                await self._compare(plan, obs, miner, seg, cache, ranges, expected, check, stats)
+                cache = ReaderCache(self.net, await self.net.bucket(plan.window, miner))
+                await asyncio.wait_for(self._check_reachable(plan, obs, miner, seg, cache, ranges, rejected, check,
+                                                             stats), self.config.check_timeout)
+                if check.status == "skip":
+                    return None
             except Wrong as e:
                 check.status, check.reason = "wrong", str(e)
             except NotFound as e:
@@ -251,11 +408,40 @@ class Validator:
                 check.status, check.reason = "invalid", f"{e.reason}: {e}"
             except StorageError as e:
                 check.status, check.reason = "invalid", f"unreadable: {e}"
+            except asyncio.TimeoutError:
+                rejected["timeout"] += 1
+                check.status = "invalid"
+                check.reason = f"its endpoint did not answer within {self.config.check_timeout:.0f}s"
             except KeyError as e:  # the miner left the directory mid-window
                 check.status, check.reason = "invalid", f"no bucket on chain: {e}"
+            except Exception:  # our own bug: never score a miner for it
+                log.exception("window %d: internal error checking miner %s segment %d", plan.window, miner[:10],
+                              seg.index)
+                rejected["internal_error"] += 1
+                return None
             finally:
                 stats["fetched"] += cache.bytes_fetched if cache else 0
             return self._scored(check, obs)
+
+    async def _check_reachable(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
+                               ranges: list[tuple[int, int]], rejected: Counter, check: SegmentCheck,
+                               stats: dict) -> None:
+        expected = await self._expected_inputs(plan, obs, miner, seg, cache, rejected)
+        check.expected = len(expected)
+        slot = (miner, seg.index)
+        latest = obs.latest(slot)
+        valid_versions = [e for e, v in obs.versions.get(slot, {}).items() if v.valid]
+        if latest is None:
+            if not expected:
+                check.status = "skip"  # nothing to reduce, nothing to judge
+                return
+            check.status, check.reason = "missing", "no output by the reduce deadline"
+            return
+        if len(valid_versions) > 1:
+            raise Wrong(f"published {len(valid_versions)} different valid outputs before the deadline")
+        if miner in obs.lying_clock:
+            raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
+        await self._compare(plan, obs, miner, seg, cache, ranges, expected, check, stats, rejected)
 
     def _scored(self, check: SegmentCheck, obs: Observation) -> SegmentCheck:
         reduce_seconds = obs.reduce_deadline_time - obs.upload_deadline_time
@@ -263,12 +449,10 @@ class Validator:
         return check
 
     async def _expected_inputs(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
-                               rejected: Counter) -> dict[str, str]:
-        """Peer -> content hash of every valid, on-time input the miner had at the upload deadline."""
+                               rejected: Counter) -> dict[str, tuple[str, ObjectInfo]]:
+        """Peer -> (content hash, listing entry) of every input that counts whose header verifies."""
         directory = await self.net.directory(plan.window)
-        skew = self.net.spec.windows.clock_skew_seconds
-        on_time_inputs = [(peer, info) for peer, info in sorted(obs.inputs.get((miner, seg.index), {}).items())
-                          if on_time(info.last_modified.timestamp(), obs.upload_deadline_time, skew)]
+        counted_inputs = sorted(obs.inputs.get((miner, seg.index), {}).items())
 
         async def header_hash(peer: str, info: ObjectInfo) -> str | None:
             try:
@@ -280,20 +464,24 @@ class Validator:
                 raise Wrong(f"the input from {peer[:10]} was replaced after the upload deadline") from None
 
         # The headers at once: each is one small ranged read, so their latencies, not their bytes, add up.
-        hashes = await asyncio.gather(*(header_hash(p, i) for p, i in on_time_inputs))
-        return {peer: h for (peer, _), h in zip(on_time_inputs, hashes) if h is not None}
+        hashes = await asyncio.gather(*(header_hash(p, i) for p, i in counted_inputs))
+        return {peer: (h, info) for (peer, info), h in zip(counted_inputs, hashes) if h is not None}
 
     async def _compare(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
-                       ranges: list[tuple[int, int]], expected: dict[str, str], check: SegmentCheck,
-                       stats: dict) -> None:
+                       ranges: list[tuple[int, int]], expected: dict[str, tuple[str, ObjectInfo]],
+                       check: SegmentCheck, stats: dict, rejected: Counter) -> None:
         bucket = cache.bucket
         key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
         info = await bucket.store.head(bucket.name, key)
-        if info.etag != obs.etags[(miner, seg.index)]:
-            raise Wrong("output was overwritten after we first saw it")
-        if not on_time(info.last_modified.timestamp(), obs.reduce_deadline_time,
-                       self.net.spec.windows.clock_skew_seconds):
-            raise Late("output written after the reduce deadline")
+        seen = obs.versions.get((miner, seg.index), {})
+        if info.etag not in seen:
+            raise Late("the output there now appeared after the reduce deadline")
+        if seen[info.etag].valid is False:
+            raise Wrong("the output seen before the deadline is not a valid output of this miner")
+        check.latency = seen[info.etag].first_seen - obs.upload_deadline_time
+        obs.checked[(miner, seg.index)] = info.etag
+        if impossible_stamp(info, self.net.spec.windows.clock_skew_seconds):
+            raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
         directory = await self.net.directory(plan.window)
         out_reader = cache.reader(info, seg, lambda h: h == miner,
                                   self.net.output_expect(seg, miner, len(directory.peers)))
@@ -303,9 +491,10 @@ class Validator:
         proof_shape = header.entries["proof"].shape
         check_proof_shape(proof_shape, inputs)
         check.included = len(inputs)
-        check.included_expected = sum(expected.get(h) == s for h, s in inputs)
+        listed = {h: s for h, s, _ in inputs}
         input_readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs,
-                                                 obs.upload_deadline_time, known=obs.inputs.get((miner, seg.index)))
+                                                 obs.upload_deadline_time,
+                                                 known={i.key: i for _, i in expected.values()})
         row = proof_shape[1] * proof_shape[2]  # chunk-major: every input's rows of one chunk are together
 
         async def proof(first: int, last: int) -> bytes:
@@ -314,11 +503,20 @@ class Validator:
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
         check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
                                                       ranges, self.net.spec.torch_wire_dtype, proof, salt)
+        # Before blaming the miner for an input it left out, verify that whole input: a peer can sign a valid
+        # header over a NaN or torn body, which the miner was right to refuse.
+        left_out = sorted(p for p in expected if listed.get(p) != expected[p][0])
+        for peer in left_out:
+            ref = InputRef(peer, expected[peer][1].key, expected[peer][1])
+            if await fetch_input(self.net, plan.window, seg, bucket, ref, rejected) is None:
+                del expected[peer]
+        check.expected = len(expected)
+        check.included_expected = sum(expected[h][0] == s for h, s in listed.items() if h in expected)
         reasons = []
         if check.difference > 0:
             reasons.append("output differs from the recomputed mean")
         if check.included_expected < check.expected:
-            missing = sorted(set(expected) - {h for h, _ in inputs})
+            missing = sorted(set(expected) - set(listed))
             reasons.append(f"left out {check.expected - check.included_expected} valid input(s) "
                            f"({', '.join(h[:10] for h in missing)})")
         check.reason = "; ".join(reasons)
@@ -356,9 +554,11 @@ class Validator:
         return True
 
     async def _publish(self, report: WindowReport) -> None:
+        """Our signed report, in our own bucket (written with our account's keys)."""
         try:
+            obj = encode_report(self.net.spec.run_id, report.window, self.net.signer, json.loads(report.to_json()))
             bucket = await self.net.bucket(report.window, self.net.hotkey)
             key = str(keys.report_key(self.net.spec.run_id, report.window, self.net.hotkey))
-            await bucket.store.put(bucket.name, key, report.to_json().encode(), content_type="application/json")
-        except (StorageError, KeyError) as e:
+            await write_own(bucket, key, obj.data)
+        except (StorageError, KeyError, ValueError) as e:  # ValueError: a non-finite number in the report
             log.warning("window %d: could not publish the report: %s", report.window, e)

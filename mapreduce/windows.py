@@ -100,3 +100,10 @@ def settle_time(deadline_timestamp: float, skew: float) -> float:
     ``deadline + skew``, so it was written before ``deadline + skew + 1`` s. Miners and validators list a
     deadline's objects only after this time (by their clock), or they could miss an input that counts."""
     return deadline_timestamp + skew + LAST_MODIFIED_RESOLUTION + SETTLE_MARGIN
+
+
+def from_the_future(written_at: float, now: float, skew: float) -> bool:
+    """Whether a ``Last-Modified`` stamp is impossible: later than the observer's own clock now (plus the clock
+    allowance and S3's one-second resolution). Only a server that lies makes one, and the owner of the bucket it
+    serves answers for it; none of that server's stamps can make an input late."""
+    return written_at > now + skew + LAST_MODIFIED_RESOLUTION

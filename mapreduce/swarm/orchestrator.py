@@ -22,12 +22,19 @@ import torch
 from storage import EmbeddedS3
 
 from ..chain.local import LocalChain
+from ..keys import report_key
+from ..records import decode_report
 from ..signing import Signer
 from ..spec import RunSpec
 from ..windows import WindowConfig
 from .config import SwarmConfig  # noqa: F401  (re-exported: the orchestrator's configuration)
 from .model import make_model
 from .ops import metrics_flags
+
+# The keys every process of the swarm publishes for the others (a stand-in for scoped keys: the embedded server
+# accepts any key). Each process still writes its own bucket with the account's keys.
+PUBLIC_KEY_ID = "MRSWARMPUBLICKEY0000"
+PUBLIC_SECRET = "swarm-public-secret-not-the-account-key"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,8 +110,11 @@ class Swarm:
 
     def start(self, s3: EmbeddedS3, endpoint: str | None = None) -> None:
         """Start every process; ``endpoint`` is where they reach S3 (a fault proxy), by default the server."""
+        # Every process writes its own bucket with the account's keys (MR_S3_*) and publishes other keys for the
+        # others (MR_PUBLIC_*), as on a real network: the embedded server accepts any key.
         env = {**os.environ, "MR_S3_ENDPOINT_URL": endpoint or s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
                "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_REGION": "us-east-1", "MR_S3_ADDRESSING_STYLE": "path",
+               "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEY_ID, "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_SECRET,
                "PYTHONUNBUFFERED": "1"}
         common = ["--spec", str(self.dir / "spec.json"), "--chain.local", str(self.dir / "chain.sqlite"),
                   "--netuid", "1", "--wallet.path", str(self.dir / "wallets"), "--wallet.hotkey", "default",
@@ -154,11 +164,12 @@ class Swarm:
             peers_done = all(p.popen.poll() is not None for p in self.procs if p.name.startswith("peer"))
             for w in range(first, last + 1):
                 if w not in reports:
-                    key = f"{self.run_id}/w{w:08d}/report/{v['hotkey']}"
+                    key = str(report_key(self.run_id, w, v["hotkey"]))
                     try:
-                        reports[w] = json.loads(client.get_object(Bucket=v["bucket"], Key=key)["Body"].read())
+                        data = client.get_object(Bucket=v["bucket"], Key=key)["Body"].read()
                     except client.exceptions.NoSuchKey:
-                        pass
+                        continue
+                    reports[w] = decode_report(data, self.run_id, w, v["hotkey"])  # signed by the validator
             if peers_done and last in reports:
                 return reports
             time.sleep(0.5)

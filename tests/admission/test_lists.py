@@ -29,6 +29,7 @@ from mapreduce.peer import Peer
 from mapreduce.scoring import ScoringConfig
 from mapreduce.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
+from mapreduce.records import encode_report
 from mapreduce.trust import order_replicas, standing_line, trusted_scores
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.windows import WindowConfig
@@ -127,10 +128,11 @@ async def test_miners_and_validators_exclude_hotkeys_outside_the_lists(cluster_f
     segments = c.spec.segments  # redundancy 2 over 2 miners: each miner holds every segment
     assert m0.rejected["not_allowed"] == 2 * segments and [o.inputs for o in m0.outcomes] == [1] * segments
     assert m1.rejected["not_allowed"] == segments and [o.inputs for o in m1.outcomes] == [2] * segments
-    # The validator skips miner 1 (counted once) and does not expect peer 2's input (counted per sampled segment);
-    # it does expect peer 1's, which miner 0 chose to leave out: a local list has a local cost.
+    # The validator skips miner 1 (counted once) and does not expect peer 2's input (counted per input of peer 2
+    # it lists in miner 0's bucket: one per segment); it does expect peer 1's, which miner 0 chose to leave out: a
+    # local list has a local cost.
     assert set(report.scores) == {miner_keys[0]}
-    assert report.rejected["not_allowed"] == 1 + len(report.checks)
+    assert report.rejected["not_allowed"] == 1 + segments
     assert all((ch.status, ch.expected, ch.included_expected) == ("ok", 2, 1) for ch in report.checks)
     vuid = next(n.uid for n in c.chain.neurons() if n.hotkey == validator.net.hotkey)
     m0uid = next(n.uid for n in c.chain.neurons() if n.hotkey == miner_keys[0])
@@ -195,9 +197,10 @@ async def test_only_reports_of_trusted_validators_count(cluster_factory) -> None
         hotkey = c.signers["validators"][i].hotkey
         c.chain.register(hotkey, stake=stake, validator_permit=permit)
         vnet = await c.join("validators", i)
-        if ema is not None:
-            body = b"{not json" if ema == "garbage" else json.dumps(
-                {"validator": hotkey, "window": window - 1, "ema": ema, "scores": {}}).encode()
+        if ema is not None:  # signed by the validator (a report that is not is refused: tests/hostile)
+            signer = c.signers["validators"][i]
+            report = {"validator": hotkey, "window": window - 1, "ema": ema, "scores": {}}  # "garbage": not a map
+            body = bytes(encode_report(c.spec.run_id, window - 1, signer, report).data)
             bucket = await vnet.bucket(window - 1, hotkey)
             await bucket.store.put(bucket.name, str(keys.report_key(c.spec.run_id, window - 1, hotkey)), body)
     denied = c.signers["validators"][list(validators).index("denied-by-reader")].hotkey

@@ -87,7 +87,7 @@ async def test_receivers_fall_back_when_a_copy_is_missing_or_bad(cluster_factory
     async def copy_at(segment: int) -> tuple:
         miner = order_replicas(receipt.stored_at[segment], {}, first.hotkey, segment)[0]
         bucket = await sender.net.bucket(window, miner)
-        key = str(keys.broadcast_key(run, window, segment, sender.hotkey))
+        key = str(keys.broadcast_key(run, window, segment, sender.hotkey, receipt.tags[segment][miner]))
         return bucket, key
 
     def signed(segment: int, signer, values: torch.Tensor) -> memoryview:
@@ -119,7 +119,8 @@ async def test_receivers_fall_back_when_a_copy_is_missing_or_bad(cluster_factory
     # With the other replica of segment 0 gone too, nobody can receive it: a clear error, refusals counted.
     for miner in receipt.stored_at[0]:
         bucket = await sender.net.bucket(window, miner)
-        await bucket.store.delete(bucket.name, str(keys.broadcast_key(run, window, 0, sender.hotkey)))
+        await bucket.store.delete(bucket.name, str(keys.broadcast_key(run, window, 0, sender.hotkey,
+                                                                      receipt.tags[0][miner])))
     with pytest.raises(BroadcastFailed, match=r"no valid copy of segments \[0\]") as e:
         await second.receive(window, sender.hotkey)
     assert e.value.rejected["missing"] == 2

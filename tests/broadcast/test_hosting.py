@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import torch
 
 from mapreduce import keys
 from mapreduce.broadcast import Broadcaster
 from mapreduce.hosting import HostingConfig
+from mapreduce.records import decode_report
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.windows import WindowConfig
 
@@ -33,7 +33,8 @@ async def test_validator_scores_hosting_and_catches_a_dropped_copy(cluster_facto
         bucket = await caster.net.bucket(window, dropper)
         for i, miners in receipt.stored_at.items():
             if dropper in miners:  # the miner loses every copy it was given
-                await bucket.store.delete(bucket.name, str(keys.broadcast_key(run, window, i, caster.hotkey)))
+                await bucket.store.delete(bucket.name, str(keys.broadcast_key(run, window, i, caster.hotkey,
+                                                                              receipt.tags[i][dropper])))
         return receipt.stored_at
 
     report, *stored = await asyncio.gather(validator.validate_window(window), *(send_then_drop(b) for b in casters))
@@ -53,5 +54,6 @@ async def test_validator_scores_hosting_and_catches_a_dropped_copy(cluster_facto
     assert all(report.scores[m.hotkey] > 0.5 for m in c.signers["miners"][1:])
     assert "hosting" in report.table()
     bucket = await vnet.bucket(window, vnet.hotkey)
-    published = json.loads(bytes(await bucket.store.get(bucket.name, str(keys.report_key(run, window, vnet.hotkey)))))
+    data = await bucket.store.get(bucket.name, str(keys.report_key(run, window, vnet.hotkey)))
+    published = decode_report(data, run, window, vnet.hotkey)  # signed by the validator
     assert len(published["hosting"]) == 16

@@ -21,23 +21,26 @@ MINERS = [Signer.from_uri(f"//bcast-miner-{i}").hotkey for i in range(4)]
 SPEC = RunSpec("run-b", (TensorSpec("w", (100, 10)),), segments=4, redundancy=2)
 
 
+TAG = "1e" * 64
+
+
 def test_broadcast_keys_round_trip_and_are_checked() -> None:
-    for key in (broadcast_key("run", 3, 7, SENDER.hotkey), broadcast_record_key("run", 3, SENDER.hotkey)):
+    for key in (broadcast_key("run", 3, 7, SENDER.hotkey, TAG), broadcast_record_key("run", 3, SENDER.hotkey)):
         assert ObjectKey.parse(str(key)) == key
-    assert str(broadcast_key("run", 3, 7, SENDER.hotkey)) == f"run/w00000003/s00007/bcast/{SENDER.hotkey}"
+    assert str(broadcast_key("run", 3, 7, SENDER.hotkey, TAG)) == f"run/w00000003/bcast/s00007/{SENDER.hotkey}/{TAG}"
     assert str(broadcast_record_key("run", 3, SENDER.hotkey)) == f"run/w00000003/bcast-record/{SENDER.hotkey}"
     with pytest.raises(ValueError):
-        ObjectKey("run", 3, "bcast", SENDER.hotkey)  # a copy belongs to a segment
+        ObjectKey("run", 3, "bcast", SENDER.hotkey, tag=TAG)  # a copy belongs to a segment
     with pytest.raises(KeyMismatch):
-        ObjectKey.parse(f"run/w00000003/s00001/bcast-record/{SENDER.hotkey}")  # a record does not
+        ObjectKey.parse(f"run/w00000003/bcast-record/s00001/{SENDER.hotkey}")  # a record does not
 
 
 def test_a_copy_is_a_signed_object_at_its_key() -> None:
     obj = encode(ObjectMeta("run", 3, "bcast", SENDER.hotkey, 1), {"data": torch.ones(10)}, SENDER)
     expect = Expect({"data": ("F32", (10,))}, lambda h: h == SENDER.hotkey, 1 << 20)
-    assert decode(obj.data, str(broadcast_key("run", 3, 1, SENDER.hotkey)), expect).meta.role == "bcast"
+    assert decode(obj.data, str(broadcast_key("run", 3, 1, SENDER.hotkey, TAG)), expect).meta.role == "bcast"
     with pytest.raises(KeyMismatch):  # the same object found under another segment's key
-        decode(obj.data, str(broadcast_key("run", 3, 2, SENDER.hotkey)), expect)
+        decode(obj.data, str(broadcast_key("run", 3, 2, SENDER.hotkey, TAG)), expect)
 
 
 def _record_bytes(rows: list, signer: Signer = SENDER, spec: RunSpec = SPEC) -> memoryview:
@@ -49,15 +52,18 @@ def _record_bytes(rows: list, signer: Signer = SENDER, spec: RunSpec = SPEC) -> 
 
 def test_the_record_must_agree_with_the_plan() -> None:
     plan = make_plan(SPEC, 5, f"broadcast|{SENDER.hotkey}|0xabc", MINERS)
-    good = [[i, "ab" * 32, list(plan.miners_for(i))] for i in range(4)]
+    good = [[i, "ab" * 32, [[m, TAG] for m in plan.miners_for(i)]] for i in range(4)]
     record = BroadcastRecord.decode(_record_bytes(good), SPEC, plan, SENDER.hotkey)
-    assert record.stored_at == tuple(plan.miners_for(i) for i in range(4))
+    assert record.stored_at == tuple(tuple((m, TAG) for m in plan.miners_for(i)) for i in range(4))
+    assert record.miners_for(2) == plan.miners_for(2)
     outsider = next(m for m in MINERS if m not in plan.miners_for(0))
     for rows, error in (
             (good[:3], MetadataMismatch),  # a segment left out
-            ([[0, "ab" * 32, [outsider]]] + good[1:], MetadataMismatch),  # a miner the plan does not give it
+            ([[0, "ab" * 32, [[outsider, TAG]]]] + good[1:], MetadataMismatch),  # a miner the plan does not give it
             ([[0, "ab" * 32, []]] + good[1:], MetadataMismatch),  # stored nowhere
-            ([[0, "xyz", list(plan.miners_for(0))]] + good[1:], MalformedHeader),  # not a hash
+            ([[0, "xyz", good[0][2]]] + good[1:], MalformedHeader),  # not a hash
+            ([[0, "ab" * 32, [[m, "x"] for m in plan.miners_for(0)]]] + good[1:], MalformedHeader),  # not a tag
+            ([[0, "ab" * 32, "[" * 3000 + "]" * 3000]] + good[1:], MalformedHeader),  # not a list
             ([good[1], good[0]] + good[2:], MalformedHeader)):  # out of order
         with pytest.raises(error):
             BroadcastRecord.decode(_record_bytes(rows), SPEC, plan, SENDER.hotkey)

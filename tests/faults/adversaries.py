@@ -68,11 +68,10 @@ class AdversarialMiner(Miner):
         for ref in refs[1:] if skip_first else refs:
             got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)
             if got is not None:
-                acc.add(ref.hotkey, *got)
+                acc.add(ref.hotkey, *got, tag=ref.tag)
         if not acc.count:
             return None
-        return Produced(acc.mean(self.net.spec.torch_wire_dtype), list(zip(acc.hotkeys, acc.hashes)),
-                        torch.stack(acc.proofs))
+        return Produced(acc.mean(self.net.spec.torch_wire_dtype), acc.inputs, torch.stack(acc.proofs))
 
     async def _copy(self, window: int, seg: Segment) -> Produced | None:
         """Wait for an honest replica's output and republish its data under our own name, never reading inputs."""
@@ -87,7 +86,7 @@ class AdversarialMiner(Miner):
                 except (NotFound, KeyError):
                     continue
                 d = decode(data, key, self.net.output_expect(seg, victim, len(directory.peers)))
-                inputs = [tuple(i) for i in json.loads(d.meta.extra["inputs"])]
+                inputs = [tuple(i) for i in json.loads(d.meta.extra["inputs"])]  # [peer, sha256, key tag]
                 # the victim's proof is salted with the victim's hotkey: ours cannot be made without the inputs.
                 # Stored chunk-major; Produced holds it input-major (publish transposes it back).
                 return Produced(d.tensors["data"].clone(), inputs, d.tensors["proof"].transpose(0, 1).clone())
@@ -101,21 +100,20 @@ class AdversarialMiner(Miner):
         refs = await list_inputs(self.net, window, seg, bucket, deadline, rejected)
         if not refs:
             return None
-        victim = refs[0].hotkey
+        victim = refs[0]
         fake = torch.zeros(seg.numel, dtype=self.net.spec.torch_wire_dtype)
         obj = encode(ObjectMeta(self.net.spec.run_id, window, "in", self.net.hotkey, seg.index), {"data": fake},
                      self.net.signer)
-        key = str(keys.input_key(self.net.spec.run_id, window, seg.index, victim))
-        await bucket.store.delete(bucket.name, key)
-        await bucket.store.put(bucket.name, key, obj.data)
+        await bucket.store.delete(bucket.name, victim.key)  # its own bucket: it may replace the victim's input
+        await bucket.store.put(bucket.name, victim.key, obj.data)
         acc = Accumulator(seg.numel)
-        acc.add(victim, obj.sha256, fake, proof_rows(memoryview(fake.view(torch.uint8).numpy()), salt))
+        acc.add(victim.hotkey, obj.sha256, fake, proof_rows(memoryview(fake.view(torch.uint8).numpy()), salt),
+                tag=victim.tag)
         for ref in refs[1:]:
             got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)
             if got is not None:
-                acc.add(ref.hotkey, *got)
-        return Produced(acc.mean(self.net.spec.torch_wire_dtype), list(zip(acc.hotkeys, acc.hashes)),
-                        torch.stack(acc.proofs))
+                acc.add(ref.hotkey, *got, tag=ref.tag)
+        return Produced(acc.mean(self.net.spec.torch_wire_dtype), acc.inputs, torch.stack(acc.proofs))
 
 
 MINER_BEHAVIOURS = ["zeros", "noise", "omits_one_peer", "copies", "late", "nan", "forges_input",

@@ -64,14 +64,13 @@ async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, rel
                 f"peers used its output {used_cheat}x; max |avg - mean| {worst:.1e}")
 
 
-async def _plant(c, window, seg, bucket, signer: Signer, values: torch.Tensor, key_hotkey: str | None = None,
-                 mangle=None) -> None:
+async def _plant(c, window, seg, bucket, signer: Signer, values: torch.Tensor, mangle=None) -> None:
     meta = ObjectMeta(c.spec.run_id, window, "in", signer.hotkey, seg.index)
     data = bytes(encode(meta, {"data": values}, signer).data)
     if mangle:
         data = mangle(data)
-    await bucket.store.put(bucket.name, str(input_key(c.spec.run_id, window, seg.index, key_hotkey or signer.hotkey)),
-                           data)
+    tag = keys.make_tag(signer, c.spec.run_id, window, seg.index, "in", bucket.owner)
+    await bucket.store.put(bucket.name, str(input_key(c.spec.run_id, window, seg.index, signer.hotkey, tag)), data)
 
 
 def _forge_signature(data: bytes) -> bytes:
@@ -135,7 +134,7 @@ def test_bad_names_are_refused_before_they_reach_a_key(reliability, kind: str, v
     with pytest.raises(InvalidName):
         if kind == "run id":
             check_run_id(value)
-            keys.input_key(value, 1, 0, hk)
+            keys.input_key(value, 1, 0, hk, "0" * 128)
         elif kind == "hotkey":
             check_hotkey(value)
             keys.output_key("run", 1, 0, value)

@@ -8,10 +8,12 @@ from collections import Counter
 import pytest
 import torch
 
+from mapreduce.codec import ObjectMeta, encode
 from mapreduce.flat import flatten
 from mapreduce.inputs import list_inputs
 from mapreduce.miner import Miner
 from mapreduce.peer import Peer, PeerConfig
+from mapreduce.writes import write_copies
 from storage import FaultPlan, RetryConfig, TransferConfig
 from tests.support.cluster import peer_gradients
 
@@ -80,8 +82,13 @@ async def test_missing_and_late_peers_are_left_out_exactly(cluster_factory, reli
     async def late_peer() -> None:
         # later than the deadline plus the clock-skew tolerance (1 s) plus S3's 1 s Last-Modified resolution
         await peers[3].net.wait_for_block(phases.upload_deadline + 8)
-        # what allreduce would upload, but after the deadline (peer 2 never shows up at all)
-        await peers[3].upload(window, flatten(c.spec, grads[3]))
+        # its inputs, landing after the deadline (Peer.upload itself gives up a copy at the deadline; a slow link
+        # can still land one later). Peer 2 never shows up at all.
+        net, plan, flat = peers[3].net, await peers[3].net.plan(window), flatten(c.spec, grads[3])
+        for seg in plan.segments:
+            meta = ObjectMeta(c.spec.run_id, window, "in", net.hotkey, seg.index)
+            obj = encode(meta, {"data": flat[seg.start:seg.end]}, net.signer)
+            await write_copies(net, window, seg.index, "in", list(plan.miners_for(seg.index)), obj.data)
 
     results = await asyncio.gather(peers[0].allreduce(grads[0], window=window),
                                    peers[1].allreduce(grads[1], window=window),

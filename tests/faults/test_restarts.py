@@ -15,9 +15,12 @@ from bittensor_wallet import Keypair, Wallet
 
 from mapreduce import keys
 from mapreduce.flat import flatten
+from mapreduce.errors import InvalidObject
 from mapreduce.peer import Peer
+from mapreduce.records import decode_report
 from mapreduce.scoring import ScoringConfig
-from tests.support.cluster import peer_gradients
+from storage import StorageError
+from tests.support.cluster import PUBLIC_KEYS, peer_gradients
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +64,8 @@ async def test_killed_miner_and_validator_carry_on(cluster_factory, embedded_s3,
         write_wallet(wallets, f"miner{i}", f"//{c.spec.run_id}/miners/{i}")
     write_wallet(wallets, "validator0", f"//{c.spec.run_id}/validators/0")
     env = {**os.environ, "MR_S3_ENDPOINT_URL": embedded_s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
-           "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_ADDRESSING_STYLE": "path", "PYTHONUNBUFFERED": "1"}
+           "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_ADDRESSING_STYLE": "path", "PYTHONUNBUFFERED": "1",
+           "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEYS[0], "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_KEYS[1]}
     common = ["--spec", str(spec_path), "--chain.local", str(c.chain.path), "--netuid", "1",
               "--wallet.path", str(wallets), "--wallet.hotkey", "default", "--env-file", str(tmp_path / "none")]
     miners = [Process(["miner.py", "--bucket", c.bucket_of("miners", i), "--wallet.name", f"miner{i}", *common],
@@ -137,8 +141,9 @@ async def test_killed_miner_and_validator_carry_on(cluster_factory, embedded_s3,
         for w in windows:
             key = str(keys.report_key(c.spec.run_id, w, c.signers["validators"][0].hotkey))
             try:
-                reports[w] = json.loads(await vbucket.store.get(vbucket.name, key))
-            except Exception:
+                reports[w] = decode_report(await vbucket.store.get(vbucket.name, key), c.spec.run_id, w,
+                                           c.signers["validators"][0].hotkey)
+            except (StorageError, InvalidObject):  # not written (the validator was down then)
                 pass
         assert first in reports
         resumed = min(w for w in reports if w > first)

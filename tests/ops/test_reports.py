@@ -2,20 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from mapreduce import keys, reports
+from mapreduce.errors import InvalidObject
 from mapreduce.plots import latency_figure, rejections_figure, scores_figure
 from mapreduce.reports import ReportError, ReportSet, find_reports, parse_report
+from mapreduce.records import encode_report
 from mapreduce.scoring import SegmentCheck
+from mapreduce.signing import Signer
 from mapreduce.validator import WindowReport
 from storage import ObjectInfo
 
 from .helpers import is_png, mapreduce, s3_env
 
-V1, V2 = "5" + "V" * 47, "5" + "W" * 47
+SIGNERS = {n: Signer.from_uri(f"//reports/{n}") for n in ("v1", "v2")}
+V1, V2 = SIGNERS["v1"].hotkey, SIGNERS["v2"].hotkey
 M1, M2 = "5" + "A" * 47, "5" + "B" * 47
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -36,10 +41,16 @@ def report(window: int, validator: str = V1) -> WindowReport:
                         rejected={"late": window % 2})
 
 
+def signed(r: WindowReport, run: str = "run-x", signer: Signer | None = None) -> bytes:
+    """The report as its validator publishes it: signed (mapreduce/records.py)."""
+    signer = signer or SIGNERS["v1"]
+    return bytes(encode_report(run, r.window, signer, json.loads(r.to_json())).data)
+
+
 def test_find_reports_picks_the_newest_run_and_needs_a_validator_when_ambiguous() -> None:
     listing = [info(str(keys.report_key("old", w, V1)), w) for w in range(3)]
     listing += [info(str(keys.report_key("new", w, V1)), 10 + w) for w in range(2)]
-    listing += [info(str(keys.input_key("new", 0, 0, M1))), info("notes/readme.txt")]
+    listing += [info(str(keys.input_key("new", 0, 0, M1, "0" * 128))), info("notes/readme.txt")]
     run, validator, infos = find_reports(listing)
     assert (run, validator, len(infos)) == ("new", V1, 2)
     assert find_reports(listing, run="old")[2][-1].key.endswith(f"w{2:08d}/report/{V1}")
@@ -53,14 +64,24 @@ def test_find_reports_picks_the_newest_run_and_needs_a_validator_when_ambiguous(
 
 
 def test_parse_report_rejects_what_is_not_a_report() -> None:
-    assert parse_report(report(4).to_json().encode())["window"] == 4
-    for bad in (b"[]", b'{"window": "4"}', b'{"window": 4, "checks": {}}', b"not json"):
-        with pytest.raises(ValueError):
-            parse_report(bad)
+    assert parse_report(signed(report(4)), "run-x", 4, V1)["window"] == 4
+    forged = WindowReport(4, V1, [], {M1: 1.0}, {M1: 1.0})
+    for bad, reason in ((b"[]", "truncated"), (report(4).to_json().encode(), "header_too_large"),
+                        (signed(report(4), signer=SIGNERS["v2"]), "key_mismatch"),  # signed, by someone else
+                        (signed(report(5)), "key_mismatch"),  # another window's report
+                        (signed(forged, run="other"), "key_mismatch")):
+        with pytest.raises(InvalidObject) as e:
+            parse_report(bad, "run-x", 4, V1)
+        assert e.value.reason == reason, (bad[:40], e.value)
+    for body, reason in (({"window": 4, "validator": V1, "checks": {}}, "malformed_report"),
+                         ({"window": 4, "validator": V2}, "malformed_report")):
+        with pytest.raises(InvalidObject) as e:
+            parse_report(bytes(encode_report("run-x", 4, SIGNERS["v1"], body).data), "run-x", 4, V1)
+        assert e.value.reason == reason
 
 
 def test_figures_show_the_reports_data() -> None:
-    rs = ReportSet("b", "run", V1, [parse_report(report(w).to_json().encode()) for w in range(10, 14)])
+    rs = ReportSet("b", "run", V1, [parse_report(signed(report(w), "run"), "run", w, V1) for w in range(10, 14)])
     ax = scores_figure(rs).axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines[M1[:8]].get_xdata()) == [10, 11, 12, 13]
@@ -77,13 +98,14 @@ def test_figures_show_the_reports_data() -> None:
 
 async def test_report_command_writes_pngs_from_a_bucket(embedded_s3, store, bucket, tmp_path) -> None:
     for w in range(20, 25):
-        await store.put(bucket, str(keys.report_key("run-x", w, V1)), report(w).to_json().encode())
+        await store.put(bucket, str(keys.report_key("run-x", w, V1)), signed(report(w)))
     await store.put(bucket, str(keys.report_key("run-x", 25, V1)), b"{ torn")  # a damaged report is skipped
+    await store.put(bucket, str(keys.report_key("run-x", 26, V1)), report(26).to_json().encode())  # unsigned
     await store.put(bucket, "something/else", b"not ours")
     out = mapreduce("report", "--bucket", bucket, "--out", str(tmp_path / "plots"), env=s3_env(embedded_s3),
                     cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"run run-x, validator {V1}: 5 windows (20..24), 1 unreadable reports skipped" in out.stdout
+    assert f"run run-x, validator {V1}: 5 windows (20..24), 2 unreadable reports skipped" in out.stdout
     for name in ("scores.png", "latency.png", "rejections.png"):
         assert f"wrote {tmp_path / 'plots' / name}" in out.stdout
         assert is_png(tmp_path / "plots" / name)

@@ -1,6 +1,7 @@
 """The codec: round trips, interop with the safetensors library, and one specific rejection per kind of bad object."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import struct
@@ -18,11 +19,19 @@ WRITER = Signer.from_uri("//codec-writer")
 STRANGER = Signer.from_uri("//codec-stranger")
 REGISTERED = {WRITER.hotkey}
 META = ObjectMeta("run-a", 7, "in", WRITER.hotkey, 3)
-KEY = str(META.key)
+TAG = "ab" * 64  # an input's key ends in its writer's key tag (mapreduce/keys.py; the codec does not check it)
 
 
-def expect(n: int, dtype: str = "F32", max_bytes: int = 1 << 30) -> Expect:
-    return Expect({"data": (dtype, (n,))}, allowed=REGISTERED.__contains__, max_bytes=max_bytes)
+def at(meta: ObjectMeta) -> str:
+    """Where ``meta``'s object lives: its key, with a tag for the roles that carry one."""
+    return str(dataclasses.replace(meta.key, tag=TAG) if meta.role in ("in", "bcast") else meta.key)
+
+
+KEY = at(META)
+
+
+def expect(n: int, dtype: str = "F32", max_bytes: int = 1 << 30, max_abs: float | None = 1e9) -> Expect:
+    return Expect({"data": (dtype, (n,))}, allowed=REGISTERED.__contains__, max_bytes=max_bytes, max_abs=max_abs)
 
 
 @pytest.mark.parametrize("dtype,code", [(torch.float32, "F32"), (torch.bfloat16, "BF16")])
@@ -119,6 +128,25 @@ def _hash_header_lies(h: dict) -> None:
     h["__metadata__"]["sha256"] = "ab" * 32
 
 
+def _huge_object() -> bytes:
+    t = torch.randn(64)
+    t[3] = 3e38  # finite, but a sum of two overflows fp32
+    return bytes(encode(META, {"data": t}, WRITER).data)
+
+
+def _raw_header(text: bytes, body: bytes = b"\0" * 64) -> bytes:
+    text += b" " * (-(8 + len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def _extra_entry_field(h: dict) -> None:
+    h["data"]["extra"] = [[[1]]]
+
+
+def _padded_window(h: dict) -> None:
+    h["__metadata__"]["window"] = "007"
+
+
 BAD = {
     "truncated": (lambda: bytes(_good()[:-100]), errors.Truncated),
     "truncated_header": (lambda: bytes(_good()[:40]), errors.Truncated),
@@ -139,6 +167,12 @@ BAD = {
     "key_metadata_mismatch": (lambda: _signed_with_header(_key_elsewhere), errors.KeyMismatch),
     "trailing_garbage": (lambda: bytes(_good()) + b"xx", errors.OffsetMismatch),
     "oversized": (lambda: bytes(_good(4096)), errors.Oversized),
+    "out_of_bounds": (_huge_object, errors.OutOfBounds),
+    "nested_header": (lambda: _raw_header(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"), errors.MalformedHeader),
+    "duplicate_keys": (lambda: _raw_header(b'{"__metadata__":{},"__metadata__":{}}'), errors.MalformedHeader),
+    "nan_literal": (lambda: _raw_header(b'{"__metadata__":{"mr":NaN}}'), errors.MalformedHeader),
+    "extra_entry_field": (lambda: _signed_with_header(_extra_entry_field), errors.MalformedHeader),
+    "padded_window": (lambda: _signed_with_header(_padded_window), errors.MalformedHeader),
 }
 
 
@@ -148,7 +182,7 @@ def test_bad_object_rejected_with_its_own_error(case: str) -> None:
     obj = make()
     n = 4096 if case == "oversized" else 64
     limit = 2048 if case == "oversized" else 1 << 30
-    key = KEY if case != "unknown_hotkey" else str(ObjectMeta("run-a", 7, "in", STRANGER.hotkey, 3).key)
+    key = KEY if case != "unknown_hotkey" else at(ObjectMeta("run-a", 7, "in", STRANGER.hotkey, 3))
     with pytest.raises(error) as info:
         decode(obj, key, expect(n, max_bytes=limit))
     assert type(info.value) is error, f"{case}: got {type(info.value).__name__}"
@@ -163,7 +197,7 @@ def test_error_reasons_are_distinct() -> None:
 def test_object_under_another_key_is_rejected() -> None:
     other = ObjectMeta("run-a", 7, "in", WRITER.hotkey, 4)
     with pytest.raises(errors.KeyMismatch):
-        decode(_good(), str(other.key), expect(64))
+        decode(_good(), at(other), expect(64))
 
 
 async def _reader(obj: bytes | memoryview, key: str, exp: Expect) -> RangeReader:
@@ -245,5 +279,5 @@ def test_header_length_that_looks_like_a_pickle_opcode_still_decodes() -> None:
     else:
         pytest.fail("no padding gave a 0x380 header")
     assert bytes(obj[:2]) == b"\x80\x03"
-    decoded = decode(obj, str(meta.key), Expect({}, REGISTERED.__contains__, 1 << 20))
+    decoded = decode(obj, at(meta), Expect({}, REGISTERED.__contains__, 1 << 20))
     assert decoded.meta.extra["pad"] == "x" * pad

@@ -20,7 +20,8 @@ from mapreduce.reduce import Accumulator
 async def _put_input(c, net, bucket, window: int, signer, values: torch.Tensor) -> None:
     meta = ObjectMeta(c.spec.run_id, window, "in", signer.hotkey, 0)
     obj = encode(meta, {"data": values}, signer)
-    await bucket.store.put(bucket.name, str(keys.input_key(c.spec.run_id, window, 0, signer.hotkey)), obj.data)
+    tag = keys.make_tag(signer, c.spec.run_id, window, 0, "in", bucket.owner)
+    await bucket.store.put(bucket.name, str(keys.input_key(c.spec.run_id, window, 0, signer.hotkey, tag)), obj.data)
 
 
 @pytest.mark.parametrize("straggler", ["first", "last"])

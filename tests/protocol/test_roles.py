@@ -81,17 +81,20 @@ async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> Non
     bucket = await miners[0].net.bucket(window, miner_hotkey)
     seg = segment_bounds(c.spec.numel, c.spec.segments)[0]
 
-    async def plant(signer: Signer, values: torch.Tensor, key_hotkey: str | None = None) -> None:
+    async def plant(signer: Signer, values: torch.Tensor) -> None:
         meta = ObjectMeta(c.spec.run_id, window, "in", signer.hotkey, seg.index)
         obj = encode(meta, {"data": values}, signer)
-        key = keys.input_key(c.spec.run_id, window, seg.index, key_hotkey or signer.hotkey)
+        # A tag that sorts before (almost) any other: when a peer wrote twice, its first key in key order counts.
+        tag = next(t for t in iter(lambda: keys.make_tag(signer, c.spec.run_id, window, seg.index, "in",
+                                                         miner_hotkey), None) if t.startswith("000"))
+        key = keys.input_key(c.spec.run_id, window, seg.index, signer.hotkey, tag)
         await bucket.store.put(bucket.name, str(key), obj.data)
 
     nan = torch.randn(seg.numel)
     nan[3] = float("nan")
     await asyncio.gather(
-        plant(peers[2].net.signer, nan),  # a registered peer sending NaN: its honest upload comes later, but
-        plant(outsider, torch.randn(seg.numel)),  # write-once keeps this first object
+        plant(peers[2].net.signer, nan),  # a registered peer sending NaN: its honest upload comes later, under a
+        plant(outsider, torch.randn(seg.numel)),  # key that sorts after this one
         plant(registered_outsider, torch.randn(seg.numel)),
         plant(peers[1].net.signer, torch.randn(seg.numel + 1)),
     )
@@ -101,7 +104,7 @@ async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> Non
                                    miners[0].run_window(window), return_exceptions=True)
     report = results[3]
     assert not isinstance(report, BaseException), report
-    assert report.rejected["non_finite"] == 1
+    assert report.rejected["non_finite"] == 1, report.line()
     assert report.rejected["unknown_hotkey"] == 2
     assert report.rejected["shape_mismatch"] == 1
     by_seg = {o.segment: o for o in report.outcomes}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mapreduce.errors import InvalidName, KeyMismatch
-from mapreduce.keys import ObjectKey, input_key, output_key, record_key
+from mapreduce.keys import ObjectKey, input_key, make_tag, output_key, record_key, tag_valid
 from mapreduce.names import check_bucket, check_hotkey, check_run_id
 from mapreduce.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
@@ -52,17 +52,37 @@ def test_bucket_names_refused(bad: str) -> None:
         check_bucket(bad)
 
 
+TAG = "0f" * 64
+
+
 def test_keys_round_trip_and_refuse_bad_names() -> None:
-    for key in (input_key("run", 12, 3, HK), output_key("run", 0, 99999, HK), record_key("run", 5, HK)):
+    for key in (input_key("run", 12, 3, HK, TAG), output_key("run", 0, 99999, HK), record_key("run", 5, HK)):
         assert ObjectKey.parse(str(key)) == key
-    assert str(input_key("run", 12, 3, HK)) == f"run/w00000012/s00003/in/{HK}"
+    assert str(input_key("run", 12, 3, HK, TAG)) == f"run/w00000012/in/s00003/{HK}/{TAG}"
+    assert str(output_key("run", 12, 3, HK)) == f"run/w00000012/out/s00003/{HK}"
     with pytest.raises(InvalidName):
-        input_key("../run", 1, 1, HK)
+        input_key("../run", 1, 1, HK, TAG)
     with pytest.raises(InvalidName):
-        input_key("run", 1, 1, "../../secret")
-    for bad in (f"run/w1/s00003/in/{HK}", f"run/w00000001/s00003/in/{HK}/extra", f"run/w00000001/in/{HK}"):
+        input_key("run", 1, 1, "../../secret", TAG)
+    for bad in (f"run/w1/in/s00003/{HK}/{TAG}", f"run/w00000001/in/s00003/{HK}/{TAG}/extra",
+                f"run/w00000001/in/{HK}/{TAG}", f"run/w00000001/in/s00003/{HK}",  # an input needs its tag
+                f"run/w00000001/in/s00003/{HK}/{TAG.upper()}", f"run/w00000001/out/s00003/{HK}/{TAG}",
+                f"run/w0000000\u0663/out/s00003/{HK}", f"run/w00000001/s00003/in/{HK}"):  # the layout of v1
         with pytest.raises(KeyMismatch):
             ObjectKey.parse(bad)
+
+
+def test_key_tags_are_the_writers_signature_for_one_bucket() -> None:
+    writer, owner, other = (Signer.from_uri(f"//tags/{n}") for n in ("writer", "owner", "other"))
+    tag = make_tag(writer, "run", 4, 2, "in", owner.hotkey)
+    key = input_key("run", 4, 2, writer.hotkey, tag)
+    assert tag_valid(key, owner.hotkey)
+    assert tag != make_tag(writer, "run", 4, 2, "in", owner.hotkey), "tags are fresh: nobody can predict one"
+    assert not tag_valid(key, other.hotkey), "a tag made for one bucket is refused in another"
+    for moved in (input_key("run", 5, 2, writer.hotkey, tag), input_key("run", 4, 3, writer.hotkey, tag),
+                  input_key("run", 4, 2, other.hotkey, tag), ObjectKey("run", 4, "bcast", writer.hotkey, 2, tag)):
+        assert not tag_valid(moved, owner.hotkey), moved
+    assert not tag_valid(input_key("run", 4, 2, writer.hotkey, "0" * 128), owner.hotkey)
 
 
 def test_spec_json_round_trip(tmp_path) -> None:

@@ -21,6 +21,7 @@ from mapreduce.windows import WindowConfig
 from storage import RetryConfig, TransferConfig
 
 _run_ids = itertools.count()
+PUBLIC_KEYS = ("MRTESTPUBLICKEY00000", "test-public-secret-not-the-account-key")
 
 
 @dataclass
@@ -32,21 +33,24 @@ class Cluster:
     signers: dict[str, list[Signer]] = field(default_factory=dict)
     nets: list[Network] = field(default_factory=list)
 
-    def network(self, signer: Signer) -> Network:
-        net = Network(self.spec, self.chain, signer, self.pool, chain_poll=0.02)
+    def network(self, signer: Signer, pool: StorePool | None = None) -> Network:
+        net = Network(self.spec, self.chain, signer, pool or self.pool, chain_poll=0.02)
         self.nets.append(net)
         return net
 
     def bucket_of(self, role: str, i: int) -> str:
         return f"{self.spec.run_id}-{role}-{i}".lower()
 
-    async def join(self, role: str, i: int) -> Network:
-        """Register, create the bucket, commit it; return the participant's network view."""
+    async def join(self, role: str, i: int, own_pool: bool = False) -> Network:
+        """Register, create the bucket, commit it; return the participant's network view. ``own_pool``: a store
+        pool of its own, so its requests are counted apart from everyone else's (``net.pool.stats``)."""
         signer = self.signers[role][i]
-        net = self.network(signer)
+        net = self.network(signer, StorePool(self.pool.default, self.pool._transfer, self.pool._retry)
+                           if own_pool else None)
+        # Published keys distinct from the account's, as on a real network (the embedded server accepts any key).
         loc = BucketLocation({"miners": "miner", "peers": "peer", "validators": "validator"}[role],
-                             self.bucket_of(role, i), self.s3_endpoint)
-        await (await self.pool.store_for(loc)).create_bucket(loc.bucket)
+                             self.bucket_of(role, i), self.s3_endpoint, *PUBLIC_KEYS)
+        await (await net.pool.own_store()).create_bucket(loc.bucket)
         await net.commit(loc)
         return net
 
@@ -92,6 +96,9 @@ async def cluster_factory(embedded_s3, tmp_path):
     yield make
     for c in made:
         await c.pool.close()
+        for net in c.nets:
+            if net.pool is not c.pool:
+                await net.pool.close()
 
 
 def peer_gradients(spec: RunSpec, peers: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -1,0 +1,132 @@
+"""Signed records: the upload record a peer writes each window, and a validator's per-window report.
+
+Each kind has one codec here, ``encode`` and ``decode``, so writer and readers cannot drift apart. Both are signed
+protocol objects (:mod:`mapreduce.codec`) in their writer's own bucket; decoding checks the signature, then parses
+the JSON inside with :mod:`mapreduce.strictjson` against a fixed shape, so a record or report that anyone could
+have written, or that its hostile writer signed, ends as an :class:`~mapreduce.errors.InvalidObject` with a reason,
+never as an exception of another type.
+
+- **Upload record** ``{run}/w…/record/{peer}``: per segment, the content hash of the peer's input and, for each
+  miner that accepted it, the key tag under which it lies there (:mod:`mapreduce.keys`). It says what the peer
+  uploaded where, so a miner that drops the input leaves a trace; and if the record contradicts the peer's own
+  signed inputs, the peer is the one at fault.
+- **Report** ``{run}/w…/report/{validator}``: the validator's window report (checks, scores, EMAs) as UTF-8 JSON
+  in a ``U8`` tensor ``report``, covered by the hash tree and the validator's signature. Readers trust it only
+  when that signature verifies, so a writable report bucket cannot forge standing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from .codec import Encoded, Expect, ObjectMeta, decode, encode, expected_object_bytes
+from .errors import MalformedHeader, MalformedReport, MetadataMismatch
+from .keys import ObjectKey, input_key, record_key, report_key
+from .names import check_hotkey
+from .signing import Signer
+from .spec import RunSpec
+from . import strictjson
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+_TAG = re.compile(r"[0-9a-f]{128}")
+# Reports list every check of a window: a few MiB covers thousands of miners; nothing larger is read.
+MAX_REPORT_BYTES = 16 << 20
+
+
+def _hotkey(value: Any) -> bool:
+    try:
+        check_hotkey(value)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class SegmentUpload:
+    """One segment of an upload record: the input's content hash and ``(miner, key tag)`` where it was stored."""
+
+    sha256: str
+    stored: tuple[tuple[str, str], ...]
+
+    def tag_at(self, miner: str) -> str | None:
+        return next((t for m, t in self.stored if m == miner), None)
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A peer's signed account of one window: segment -> what it uploaded, and where."""
+
+    peer: str
+    window: int
+    uploads: Mapping[int, SegmentUpload]
+
+    def key_at(self, run: str, segment: int, miner: str) -> ObjectKey | None:
+        """Where the record says the peer's input of ``segment`` lies in ``miner``'s bucket (None: not there)."""
+        upload = self.uploads.get(segment)
+        tag = upload.tag_at(miner) if upload else None
+        return input_key(run, self.window, segment, self.peer, tag) if tag else None
+
+    def encode(self, spec: RunSpec, signer: Signer) -> Encoded:
+        rows = [[s, u.sha256, [[m, t] for m, t in u.stored]] for s, u in sorted(self.uploads.items())]
+        meta = ObjectMeta(spec.run_id, self.window, "record", self.peer, extra={"uploads": strictjson.dumps(rows)})
+        return encode(meta, {}, signer)
+
+    @staticmethod
+    def max_bytes(spec: RunSpec) -> int:
+        """Records hold no tensors: the header (capped by the spec) is all there is."""
+        return expected_object_bytes({}, header_slack=spec.max_header_bytes)
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview, spec: RunSpec, window: int, peer: str) -> "UploadRecord":
+        """Check a downloaded record: the peer's signature at its key, then every row; raises InvalidObject."""
+        key = str(record_key(spec.run_id, window, peer))
+        expect = Expect({}, allowed=lambda h: h == peer, max_bytes=cls.max_bytes(spec),
+                        max_header_bytes=spec.max_header_bytes)
+        rows = strictjson.loads(decode(data, key, expect).meta.extra.get("uploads", "null"), "the record's uploads")
+        if not isinstance(rows, list) or len(rows) > spec.segments:
+            raise MalformedHeader(f"the record's uploads are not a list of at most {spec.segments} rows")
+        uploads: dict[int, SegmentUpload] = {}
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 3 and type(row[0]) is int and isinstance(row[1], str)
+                    and SHA256.fullmatch(row[1]) and isinstance(row[2], list)):
+                raise MalformedHeader("a record row is not [segment, sha256, [[miner, tag], ...]]")
+            segment, sha, stored = row
+            if not 0 <= segment < spec.segments or segment in uploads:
+                raise MetadataMismatch(f"record names segment {segment} twice or out of range")
+            if len(stored) > spec.redundancy or not all(
+                    isinstance(p, list) and len(p) == 2 and isinstance(p[1], str) and _TAG.fullmatch(p[1])
+                    and _hotkey(p[0]) for p in stored) or len({p[0] for p in stored}) != len(stored):
+                raise MalformedHeader(f"record row {segment}: stored-at must be at most {spec.redundancy} distinct "
+                                      "[miner, tag] pairs")
+            uploads[segment] = SegmentUpload(sha, tuple((m, t) for m, t in stored))
+        return cls(peer, window, uploads)
+
+
+# -- validator reports -----------------------------------------------------------------------------------------------
+
+REPORT_TENSOR = "report"
+
+
+def report_expect(validator: str) -> Expect:
+    return Expect({REPORT_TENSOR: ("U8", (None,))}, allowed=lambda h: h == validator, max_bytes=MAX_REPORT_BYTES)
+
+
+def encode_report(run: str, window: int, signer: Signer, body: Mapping[str, Any]) -> Encoded:
+    """A report as a signed object: ``body`` (which must name ``validator`` and ``window``) as JSON."""
+    raw = strictjson.dumps(dict(body)).encode()
+    meta = ObjectMeta(run, window, "report", signer.hotkey)
+    return encode(meta, {REPORT_TENSOR: torch.frombuffer(bytearray(raw), dtype=torch.uint8)}, signer)
+
+
+def decode_report(data: bytes | bytearray | memoryview, run: str, window: int, validator: str) -> dict[str, Any]:
+    """A report's JSON after its checks (the validator's signature, the hash tree, a JSON object naming this
+    validator and window); raises InvalidObject."""
+    key = str(report_key(run, window, validator))
+    decoded = decode(data, key, report_expect(validator))
+    body = strictjson.loads(decoded.tensors[REPORT_TENSOR].numpy().tobytes(), "the report", error=MalformedReport)
+    if not isinstance(body, dict) or body.get("validator") != validator or body.get("window") != window:
+        raise MalformedReport("the report does not name its validator and window")
+    return body
