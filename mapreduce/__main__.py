@@ -9,6 +9,13 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prune"]:
+        # prune parses its own flags: the chain's come from the Bittensor SDK, which only this command imports
+        # (so ``--help`` and the swarm's processes stay fast).
+        from . import prune
+        return prune.main(argv[1:])
+
     parser = argparse.ArgumentParser(prog="python -m mapreduce")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -31,17 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--run-dir", type=Path, required=True)
     pe.add_argument("--index", type=int, required=True)
 
-    from . import prune, reports
+    from . import reports
     rp = sub.add_parser("report", help="PNG plots (scores, latency, rejections) from a validator's bucket")
     reports.add_arguments(rp)
-    pr = sub.add_parser("prune", help="delete protocol objects older than the newest N windows (dry run by default)")
-    prune.add_arguments(pr)
+    # Listed here for --help only; handled above, before parsing.
+    sub.add_parser("prune", help="delete one run's protocol objects of windows older than the chain's current "
+                                 "window minus N (dry run by default; see: prune --help)")
 
     args = parser.parse_args(argv)
     if args.command == "report":
         return reports.main(args)
-    if args.command == "prune":
-        return prune.main(args)
     if args.command == "swarm":
         from .swarm.run import run_swarm
         cfg = SwarmConfig(peers=args.peers, miners=args.miners, windows=args.windows, segments=args.segments,
