@@ -1,4 +1,5 @@
-"""``python -m mapreduce <command>``: the local swarm and its trainer processes; ops commands (report, prune)."""
+"""``python -m mapreduce <command>``: the local swarm and its trainer processes; ops commands (report, prune,
+inspect)."""
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     # Listed here for --help only; handled above, before parsing.
     sub.add_parser("prune", help="delete one run's protocol objects of windows older than the chain's current "
                                  "window minus N (dry run by default; see: prune --help)")
+    from . import inspection
+    ins = sub.add_parser("inspect", help="read one protocol object (a file or s3://bucket/key), run every check, "
+                                         "print its metadata and ok or the reason it is refused")
+    inspection.add_arguments(ins)
 
     args = parser.parse_args(argv)
     if args.command == "report":
         return reports.main(args)
+    if args.command == "inspect":
+        return inspection.main(args)
     if args.command == "swarm":
         from .swarm.run import run_swarm
         cfg = SwarmConfig(peers=args.peers, miners=args.miners, windows=args.windows, segments=args.segments,

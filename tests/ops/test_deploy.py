@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from mapreduce import prune, reports
+from mapreduce import inspection, prune, reports
 from mapreduce.cli import build_parser, published_location
 from storage import S3Config
 
@@ -26,12 +26,13 @@ EXTERNAL_FLAGS = {"--user-name", "--lifecycle-configuration", "--region", "--pol
 
 def ops_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m mapreduce {command}")
-    {"report": reports.add_arguments, "prune": prune.add_arguments}[command](p)
+    {"report": reports.add_arguments, "prune": prune.add_arguments, "inspect": inspection.add_arguments}[command](p)
     return p
 
 
 def our_flags() -> set[str]:
-    parsers = [build_parser("miner"), build_parser("validator"), ops_parser("report"), ops_parser("prune")]
+    parsers = [build_parser("miner"), build_parser("validator"), ops_parser("report"), ops_parser("prune"),
+               ops_parser("inspect")]
     return {s for p in parsers for a in p._actions for s in a.option_strings}
 
 
@@ -43,8 +44,9 @@ def commands_in(text: str) -> list[str]:
             continue
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
-            if re.match(r"(python (miner|validator)\.py|mapreduce-(miner|validator)|python -m mapreduce (report|prune))",
-                        line):
+            ours = (r"(python (miner|validator)\.py|mapreduce-(miner|validator)"
+                    r"|python -m mapreduce (report|prune|inspect))")
+            if re.match(ours, line):
                 out.append(line.replace(" N ", " 1 ").replace(" RUN ", " run-x "))
     return out
 
