@@ -406,6 +406,8 @@ class Validator:
             except InvalidObject as e:
                 rejected[e.reason] += 1
                 check.status, check.reason = "invalid", f"{e.reason}: {e}"
+            except PreconditionFailed:  # our reads carry the ETag of the version we checked: it changed under us
+                check.status, check.reason = "wrong", "output was overwritten after the reduce deadline"
             except StorageError as e:
                 check.status, check.reason = "invalid", f"unreadable: {e}"
             except asyncio.TimeoutError:
@@ -475,6 +477,8 @@ class Validator:
         info = await bucket.store.head(bucket.name, key)
         seen = obs.versions.get((miner, seg.index), {})
         if info.etag not in seen:
+            if seen:
+                raise Wrong("output was overwritten after the reduce deadline")
             raise Late("the output there now appeared after the reduce deadline")
         if seen[info.etag].valid is False:
             raise Wrong("the output seen before the deadline is not a valid output of this miner")

@@ -48,13 +48,20 @@ class AdversarialMiner(Miner):
         return produced
 
     async def publish(self, window: int, seg: Segment, bucket: Bucket, produced: Produced,
-                      write_once: bool = True) -> None:
+                      write_once: bool = True, is_ours=None) -> str:
         phases = self.net.phases(window)
         if self.behaviour == "late":
-            await self.net.wait_for_block(phases.reduce_deadline + 1)
-        await super().publish(window, seg, bucket, produced, write_once)
+            # the miner stops work at the reduce deadline; a late miner's write lands after it anyway
+            self.overwrites.append(asyncio.create_task(self._publish_late(window, seg, bucket, produced)))
+            return "written"
+        status = await super().publish(window, seg, bucket, produced, write_once, is_ours)
         if self.behaviour == "overwrites_after_deadline":
             self.overwrites.append(asyncio.create_task(self._overwrite_later(window, seg, bucket, produced)))
+        return status
+
+    async def _publish_late(self, window, seg, bucket, produced) -> None:
+        await self.net.wait_for_block(self.net.phases(window).reduce_deadline + 1)
+        await super().publish(window, seg, bucket, produced)
 
     async def _overwrite_later(self, window, seg, bucket, produced) -> None:
         await self.net.wait_for_block(self.net.phases(window).reduce_deadline + 1)
@@ -74,9 +81,14 @@ class AdversarialMiner(Miner):
         return Produced(acc.mean(self.net.spec.torch_wire_dtype), acc.inputs, torch.stack(acc.proofs))
 
     async def _copy(self, window: int, seg: Segment) -> Produced | None:
-        """Wait for an honest replica's output and republish its data under our own name, never reading inputs."""
+        """Wait for an honest replica's output and republish its data under our own name, never reading inputs:
+        the input list points at the same inputs in our own bucket (their keys, not their bytes, are listed)."""
         phases = self.net.phases(window)
         directory = await self.net.directory(window)
+        ours = {r.hotkey: r.tag for r in await list_inputs(self.net, window, seg,
+                                                           await self.net.bucket(window, self.net.hotkey),
+                                                           await self.net.block_timestamp(phases.upload_deadline),
+                                                           Counter())}
         while await self.net.block() < phases.reduce_deadline:
             for victim in self.victims:
                 key = str(keys.output_key(self.net.spec.run_id, window, seg.index, victim))
@@ -86,7 +98,7 @@ class AdversarialMiner(Miner):
                 except (NotFound, KeyError):
                     continue
                 d = decode(data, key, self.net.output_expect(seg, victim, len(directory.peers)))
-                inputs = [tuple(i) for i in json.loads(d.meta.extra["inputs"])]  # [peer, sha256, key tag]
+                inputs = [(h, sha, ours.get(h, tag)) for h, sha, tag in json.loads(d.meta.extra["inputs"])]
                 # the victim's proof is salted with the victim's hotkey: ours cannot be made without the inputs.
                 # Stored chunk-major; Produced holds it input-major (publish transposes it back).
                 return Produced(d.tensors["data"].clone(), inputs, d.tensors["proof"].transpose(0, 1).clone())

@@ -30,6 +30,13 @@ def fp32_bound(grads) -> float:
     return (len(grads) + 1) * 2.0 ** -24 * max(float(t.abs().max()) for g in grads for t in g.values())
 
 
+# What the validator must say of each cheater: it is caught for what it did, not for something else.
+WHY = {"zeros": "output differs from the recomputed mean", "noise": "output differs from the recomputed mean",
+       "omits_one_peer": "left out 1 valid input", "copies": "proof of possession fails",
+       "late": "no output by the reduce deadline", "nan": "non_finite",
+       "forges_input": "includes an invalid input", "overwrites_after_deadline": "overwritten after"}
+
+
 @pytest.mark.parametrize("behaviour", MINER_BEHAVIOURS)
 async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, reliability, behaviour: str) -> None:
     # every miner holds every segment (r = 3), so each segment has two honest replicas beside the cheater
@@ -53,6 +60,7 @@ async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, rel
     reasons = sorted({ch.reason or ch.status for ch in cheat_checks})
     assert cheat_score < min(honest_scores), (behaviour, cheat_score, honest_scores, reasons)
     assert all(ch.reason for ch in cheat_checks), "every check of the cheater names why it lost"
+    assert any(WHY[behaviour] in r for r in reasons), (behaviour, reasons)  # caught for what it did
     assert all(ch.status == "ok" for ch in report.checks if ch.miner in honest_keys)
 
     mean = torch.stack([flatten(c.spec, g).double() for g in grads]).mean(0)

@@ -80,12 +80,13 @@ async def test_a_nested_input_header_stops_no_role(cluster_factory, tmp_path, ho
 class NestedListMiner(Miner):
     """Signs outputs whose ``inputs`` list is JSON nested 5,000 deep."""
 
-    async def publish(self, window, seg, bucket, produced: Produced, write_once: bool = True) -> None:
+    async def publish(self, window, seg, bucket, produced: Produced, write_once: bool = True, is_ours=None) -> str:
         body = attacks.signed(self.net.signer, self.net.spec.run_id, window, "out", seg.index,
                               {"data": produced.mean, "proof": produced.proof.transpose(0, 1).contiguous()},
                               inputs=attacks.nested_json(), count=str(len(produced.inputs)))
         key = attacks.output_key(self.net.spec.run_id, window, seg.index, self.net.hotkey)
         await bucket.store.put(bucket.name, key, body)
+        return "written"
 
 
 async def test_a_nested_output_input_list_stops_no_role(cluster_factory, tmp_path, hostile) -> None:
@@ -104,7 +105,9 @@ async def test_a_nested_output_input_list_stops_no_role(cluster_factory, tmp_pat
         assert float((r.flat.double() - exact_mean(c.spec, grads)).abs().max()) <= fp32_bound(grads)
         assert all(s.miner != cheat for s in r.segments)
     assert report.scores[cheat] == 0.0
-    assert all(ch.reason for ch in report.checks if ch.miner == cheat)
+    assert all("input list nests too deeply" in ch.reason for ch in report.checks if ch.miner == cheat), \
+        [ch.reason for ch in report.checks if ch.miner == cheat]
+    assert all(r.rejected["wrong_output"] >= 1 for r in peer_results)
     assert min(v for k, v in report.scores.items() if k != cheat) > 0.5
     hostile("parse: output input list", "a miner signed outputs whose input list nests JSON 5,000 deep",
             "peers refuse them and take another replica; the validator scores that miner 0", "wrong_output")
