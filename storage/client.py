@@ -176,13 +176,16 @@ class _SingleShotHTTPSession(AIOHTTPSession):
         finally:
             request.stream_output = not whole
         if whole or response.status_code >= 300:  # botocore reads error bodies whole too
-            response._content = await _read_capped(response.raw, MAX_RESPONSE_BODY)
+            # A HEAD's Content-Length is the object's size; the answer itself has no body.
+            response._content = await _read_capped(response.raw, MAX_RESPONSE_BODY,
+                                                   declared=request.method.upper() != "HEAD")
         return response
 
 
-async def _read_capped(raw: Any, cap: int) -> bytes:
-    """The whole body of aiohttp response ``raw``; `ResponseTooLarge` (connection dropped) past ``cap`` bytes."""
-    declared = raw.content_length
+async def _read_capped(raw: Any, cap: int, declared: bool = True) -> bytes:
+    """The whole body of aiohttp response ``raw``; `ResponseTooLarge` (connection dropped) past ``cap`` bytes.
+    ``declared``: whether the Content-Length header describes this body (not for a HEAD)."""
+    declared = raw.content_length if declared else None
     chunks, total = [], 0
     try:
         if declared is not None and declared > cap:

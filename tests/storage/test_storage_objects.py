@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from storage import (
+    MAX_RESPONSE_BODY,
     BucketNotFound,
     EmbeddedS3,
     FaultProxy,
@@ -105,6 +106,14 @@ async def test_object_info_fields(store: ObjectStore, bucket: str) -> None:
         assert (info.key, info.size, info.etag) == ("dir/obj", 5, md5(b"hello"))
         assert info.last_modified.tzinfo is not None and info.last_modified.utcoffset() == timedelta(0)
         assert before <= info.last_modified <= after
+
+
+async def test_head_of_an_object_larger_than_any_answer_body(store: ObjectStore, bucket: str) -> None:
+    # A HEAD's Content-Length is the object's size, not a body: the cap on answer bodies (MAX_RESPONSE_BODY, against
+    # a hostile server sending an endless XML answer) must not refuse it.
+    size = MAX_RESPONSE_BODY + 1
+    await store.put(bucket, "big", memoryview(np.zeros(size, dtype=np.uint8)))
+    assert (await store.head(bucket, "big")).size == size
 
 
 async def test_ranged_get_uses_parallel_conditional_ranges(
