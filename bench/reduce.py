@@ -9,6 +9,7 @@ The whole path including the download from S3 is measured by `bench.miner_proc` 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 
 from mapreduce.codec import Expect, ObjectMeta, decode, encode
 from mapreduce.inputs import _decode_and_prove
+from mapreduce.keys import make_tag
 from mapreduce.proof import proof_salt
 from mapreduce.reduce import Accumulator
 from mapreduce.signing import Signer
@@ -68,7 +70,8 @@ def reduce_rates(segment_bytes: int, inputs: int = 4, reps: int = 3) -> ReduceRa
     objects = []
     for s, v in zip(signers, values):
         meta = ObjectMeta("bench-reduce", 1, "in", s.hotkey, 0)
-        objects.append((str(meta.key), bytearray(encode(meta, {"data": v}, s).data)))
+        key = dataclasses.replace(meta.key, tag=make_tag(s, "bench-reduce", 1, 0, "in", s.hotkey))
+        objects.append((str(key), bytearray(encode(meta, {"data": v}, s).data)))
     del values, bf16
     hotkeys = {s.hotkey for s in signers}
     expect = Expect({"data": ("F32", (numel,))}, allowed=hotkeys.__contains__, max_bytes=2 * segment_bytes)
