@@ -26,14 +26,14 @@ from typing import Mapping
 
 import torch
 
-from storage import ListingTooLong, NotFound, ObjectTooLarge, StorageError
+from storage import ListingTooLong, ObjectInfo, ObjectTooLarge, StorageError
 
 from . import keys
 from .audit import (ReaderCache, Wrong, check_against_records, check_proof_shape, impossible_stamp, listed_inputs,
                     open_listed_inputs, read_records, recompute_difference, sample_ranges)
 from .codec import Encoded, ObjectMeta, check_finite, decode, encode
 from .directory import BucketLocation
-from .errors import InvalidObject, Late, NotAParticipant, ProtocolError
+from .errors import Late, NotAParticipant, ProtocolError
 from .flat import flatten, unflatten
 from .inputs import InputRef, download_listed, fetch_input, reduce_segment
 from .listing import PER_WRITER_KEYS, list_capped
@@ -232,18 +232,28 @@ class Peer:
         # timestamps say; its output is refused (and if every replica does it, we reduce the segment ourselves).
         on_time_by_us = receipt.finished_at is not None and receipt.finished_at <= upload_deadline
         settled: set[str] = set()
+        refused: dict[str, str] = {}  # miner -> ETag of the object we refused there (read again only if it changes)
         fallback: tuple[str, torch.Tensor, int] | None = None  # a valid output that (rightly) left our input out
         while True:
             past_deadline = await self.net.block() >= phases.reduce_deadline
             pending = [m for m in replicas if m not in settled]
-            fetched = await asyncio.gather(*(self._fetch_output(plan, seg, m, past_deadline, result)
-                                             for m in pending))
-            for miner, got in zip(pending, fetched):  # in plan order: the first valid replica wins
+            # Where is an output? Every replica at once: one small listing each, a stalling one bounded.
+            found = await asyncio.gather(*(self._find_output(plan, seg, m, past_deadline, result) for m in pending))
+            for miner, info in zip(pending, found):  # then in plan order, one download at a time
+                if info is False:
+                    settled.add(miner)  # unreachable past the deadline
+                    continue
+                if info is None or refused.get(miner) == info.etag:
+                    if past_deadline and info is not None:
+                        settled.add(miner)
+                    continue
+                got = await self._take_output(plan, seg, miner, info, past_deadline, result)
                 if got is None:
-                    continue  # not there yet
+                    refused[miner] = info.etag  # not a valid output of this miner (yet): junk at its key, or torn
+                    if past_deadline:
+                        settled.add(miner)
+                    continue
                 settled.add(miner)
-                if got is False:
-                    continue  # there, but invalid
                 values, inputs = got
                 included = any(h == self.hotkey and s == ours for h, s, _ in inputs)
                 if included or miner not in receipt.stored_at.get(seg.index, []):
@@ -266,74 +276,76 @@ class Peer:
             return SegmentResult(seg.index, "replica", miner, count, False)
         return await self._finish_alone(plan, seg, own, result)
 
-    async def _fetch_output(self, plan: Plan, seg: Segment, miner: str, past_deadline: bool,
-                            result: AllReduceResult):
-        """``None`` if absent, ``False`` if invalid, else ``(values, inputs)``. Bounded in time: a replica whose
-        endpoint stalls costs at most ``fetch_timeout`` per poll, and never the other replicas' turn."""
+    async def _find_output(self, plan: Plan, seg: Segment, miner: str, past_deadline: bool,
+                           result: AllReduceResult) -> ObjectInfo | None | bool:
+        """The listing entry of ``miner``'s output of ``seg``; None if not there (yet), False if the miner cannot
+        be reached past the deadline. At most ``fetch_timeout``: a stalling endpoint never holds the others up."""
+        key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
         try:
-            return await asyncio.wait_for(self._fetch_output_once(plan, seg, miner, past_deadline, result),
-                                          self.config.fetch_timeout)
-        except asyncio.TimeoutError:
+            async with self._sem:
+                bucket = await self.net.bucket(plan.window, miner)
+                # A listing with the output's key as the prefix rather than a HEAD: one cheap request per poll,
+                # where a HEAD that misses costs two (the store asks whether the bucket exists), and it gives the
+                # size and ETag the download needs, so that is one GET with no second HEAD.
+                listing = await asyncio.wait_for(bucket.store.list(bucket.name, key, max_keys=PER_WRITER_KEYS),
+                                                 self.config.fetch_timeout)
+            return next((o for o in listing if o.key == key), None)
+        except (StorageError, KeyError, asyncio.TimeoutError) as e:
             if past_deadline:
-                result.rejected["timeout"] += 1
-                log.warning("window %d segment %d: miner %s did not answer within %.0fs", plan.window, seg.index,
-                            miner[:10], self.config.fetch_timeout)
+                result.rejected["unreachable"] += 1
+                log.warning("window %d segment %d: miner %s unreachable: %s", plan.window, seg.index, miner[:10],
+                            str(e) or "timed out")
                 return False
             return None
+
+    async def _take_output(self, plan: Plan, seg: Segment, miner: str, info: ObjectInfo, past_deadline: bool,
+                           result: AllReduceResult) -> tuple[torch.Tensor, list[tuple[str, str, str]]] | None:
+        """Download, verify and audit the output ``info`` lists; ``(values, inputs)``, or None (counted by
+        reason). At most ``fetch_timeout``."""
+        try:
+            return await asyncio.wait_for(self._take_output_unbounded(plan, seg, miner, info, past_deadline, result),
+                                          self.config.fetch_timeout)
+        except asyncio.TimeoutError:
+            result.rejected["timeout"] += 1
+            log.warning("window %d segment %d: miner %s did not answer within %.0fs", plan.window, seg.index,
+                        miner[:10], self.config.fetch_timeout)
+        except (ProtocolError, ObjectTooLarge) as e:
+            reason = getattr(e, "reason", "oversized")
+            result.rejected[reason] += 1
+            log.warning("window %d segment %d: output of miner %s rejected (%s): %s", plan.window, seg.index,
+                        miner[:10], reason, e)
+        except (StorageError, KeyError) as e:
+            result.rejected["unreadable"] += 1
+            log.warning("window %d segment %d: output of miner %s unreadable: %s", plan.window, seg.index,
+                        miner[:10], e)
         except Exception:  # a bug must cost one replica, never the window
             log.exception("window %d segment %d: internal error reading miner %s's output", plan.window, seg.index,
                           miner[:10])
             result.rejected["internal_error"] += 1
-            return False
+        return None
 
-    async def _fetch_output_once(self, plan: Plan, seg: Segment, miner: str, past_deadline: bool,
-                                 result: AllReduceResult):
-        key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
+    async def _take_output_unbounded(self, plan: Plan, seg: Segment, miner: str, info: ObjectInfo,
+                                     past_deadline: bool, result: AllReduceResult):
+        key = info.key
         directory = await self.net.directory(plan.window)
         expect = self.net.output_expect(seg, miner, len(directory.peers))
-        phases = self.net.phases(plan.window)
+        skew = self.net.spec.windows.clock_skew_seconds
+        if impossible_stamp(info, skew):
+            raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
+        if past_deadline:
+            deadline = await self.net.block_timestamp(self.net.phases(plan.window).reduce_deadline)
+            if not on_time(info.last_modified.timestamp(), deadline, skew):
+                raise Late(f"output written {info.last_modified.timestamp() - deadline:.1f}s after the deadline")
         async with self._sem:
-            try:
-                bucket = await self.net.bucket(plan.window, miner)
-                # A listing with our output's key as the prefix rather than a HEAD: one cheap request per poll,
-                # where a HEAD that misses costs two (the store asks whether the bucket exists), and it gives the
-                # size and ETag the download needs, so that is one GET with no second HEAD.
-                info = next((o for o in await bucket.store.list(bucket.name, key, max_keys=PER_WRITER_KEYS)
-                             if o.key == key), None)
-                if info is None:
-                    return None  # not there yet
-                if impossible_stamp(info, self.net.spec.windows.clock_skew_seconds):
-                    raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
-                if past_deadline:
-                    deadline = await self.net.block_timestamp(phases.reduce_deadline)
-                    if not on_time(info.last_modified.timestamp(), deadline, self.net.spec.windows.clock_skew_seconds):
-                        late_by = info.last_modified.timestamp() - deadline
-                        raise Late(f"output written {late_by:.1f}s after the deadline")
-                data = await download_listed(bucket, info, expect.max_bytes)
-                result.bytes_downloaded += len(data)
-                decoded = await asyncio.to_thread(decode, data, key, expect)
-                inputs = listed_inputs(decoded.meta)
-                values = decoded.tensors["data"]
-                check_proof_shape(tuple(decoded.tensors["proof"].shape), inputs)
-                await self._audit(plan, seg, miner, bucket, inputs, values, decoded.tensors["proof"], result)
-                return values.float(), inputs
-            except NotFound:
-                return None
-            except (ProtocolError, ObjectTooLarge) as e:
-                reason = getattr(e, "reason", "oversized")
-                result.rejected[reason] += 1
-                log.warning("window %d segment %d: output of miner %s rejected (%s): %s", plan.window, seg.index,
-                            miner[:10], reason, e)
-                if not past_deadline and isinstance(e, InvalidObject):
-                    return None  # not the miner's valid output (yet): someone else's junk at its key, or torn
-                return False
-            except (StorageError, KeyError) as e:
-                if past_deadline:
-                    result.rejected["unreachable"] += 1
-                    log.warning("window %d segment %d: miner %s unreachable: %s", plan.window, seg.index,
-                                miner[:10], e)
-                    return False
-                return None
+            bucket = await self.net.bucket(plan.window, miner)
+            data = await download_listed(bucket, info, expect.max_bytes)
+        result.bytes_downloaded += len(data)
+        decoded = await asyncio.to_thread(decode, data, key, expect)
+        inputs = listed_inputs(decoded.meta)
+        values = decoded.tensors["data"]
+        check_proof_shape(tuple(decoded.tensors["proof"].shape), inputs)
+        await self._audit(plan, seg, miner, bucket, inputs, values, decoded.tensors["proof"], result)
+        return values.float(), inputs
 
     async def _audit(self, plan: Plan, seg: Segment, miner: str, bucket, inputs: list[tuple[str, str, str]],
                      values: torch.Tensor, proof: torch.Tensor, result: AllReduceResult) -> None:
