@@ -180,10 +180,7 @@ def main(args: argparse.Namespace) -> int:
         data, key = asyncio.run(_read(args.target, args.env_file, DEFAULT_CAP))
         print(f"object    {args.target}")
         ok, lines = inspect_bytes(data, key, spec, args.owner)
-    except (StorageError, InvalidObject) as e:
-        print(f"unreadable: {e}")
-        return 1
-    except OSError as e:
+    except (StorageError, InvalidObject, OSError) as e:  # OSError: a local file that cannot be read
         print(f"unreadable: {e}")
         return 1
     except Exception as e:  # noqa: BLE001 - the promise is: never a traceback

@@ -24,7 +24,7 @@ class AdversarialMiner(Miner):
     def __init__(self, *args, behaviour: str, victim_hotkeys: list[str] | None = None, **kw):
         super().__init__(*args, **kw)
         self.behaviour = behaviour
-        self.victims = victim_hotkeys or []  # honest miners a copier copies from
+        self.victims = victim_hotkeys or []  # honest miners a copier copies from; peers an omitter leaves out
         self.overwrites: list[asyncio.Task] = []
 
     async def produce(self, window: int, seg: Segment, bucket: Bucket, deadline: float,
@@ -34,6 +34,8 @@ class AdversarialMiner(Miner):
             return await self._copy(window, seg)
         if b == "omits_one_peer":
             return await self._reduce(window, seg, bucket, deadline, rejected, skip_first=True)
+        if b == "omits_victims":  # leaves the victims' inputs out as if they were late
+            return await self._reduce(window, seg, bucket, deadline, rejected, skip=set(self.victims))
         if b == "forges_input":
             return await self._forge(window, seg, bucket, deadline, rejected)
         produced = await super().produce(window, seg, bucket, deadline, rejected)
@@ -49,7 +51,6 @@ class AdversarialMiner(Miner):
 
     async def publish(self, window: int, seg: Segment, bucket: Bucket, produced: Produced,
                       write_once: bool = True, is_ours=None) -> str:
-        phases = self.net.phases(window)
         if self.behaviour == "late":
             # the miner stops work at the reduce deadline; a late miner's write lands after it anyway
             self.overwrites.append(asyncio.create_task(self._publish_late(window, seg, bucket, produced)))
@@ -68,9 +69,14 @@ class AdversarialMiner(Miner):
         produced.mean = torch.zeros_like(produced.mean)
         await super().publish(window, seg, bucket, produced, write_once=False)
 
-    async def _reduce(self, window, seg, bucket, deadline, rejected, skip_first=False) -> Produced | None:
+    async def _reduce(self, window, seg, bucket, deadline, rejected, skip_first=False,
+                      skip: set[str] = frozenset()) -> Produced | None:
         salt = proof_salt(self.net.spec.run_id, window, seg.index, self.net.hotkey)
         refs = await list_inputs(self.net, window, seg, bucket, deadline, rejected)
+        for ref in refs:
+            if ref.hotkey in skip:
+                rejected["late"] += 1  # what it claims
+        refs = [r for r in refs if r.hotkey not in skip]
         acc = Accumulator(seg.numel)
         for ref in refs[1:] if skip_first else refs:
             got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)

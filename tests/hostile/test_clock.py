@@ -16,42 +16,18 @@ import torch
 
 from mapreduce.directory import BucketLocation
 from mapreduce.flat import flatten
-from mapreduce.inputs import fetch_input, list_inputs
-from mapreduce.miner import Miner, Produced
-from mapreduce.proof import proof_salt
-from mapreduce.reduce import Accumulator
+from mapreduce.miner import Miner
 from mapreduce.network import StorePool
 from mapreduce.peer import Peer, PeerConfig
 from mapreduce.scoring import ScoringConfig
 from mapreduce.validator import Validator, ValidatorConfig
+from tests.faults.adversaries import AdversarialMiner
 from tests.support.cluster import PUBLIC_KEYS, peer_gradients
 from tests.support.hostile_front import HostileFront
 
 from .test_framing import fp32_bound
 
 BLOCK = 0.3
-
-
-class Omits(Miner):
-    """Leaves one peer's inputs out, as if they were late (its server's stamps say so)."""
-
-    def __init__(self, *args, victim: str, **kw):
-        super().__init__(*args, **kw)
-        self.victim = victim
-
-    async def produce(self, window, seg, bucket, deadline, rejected):
-        salt = proof_salt(self.net.spec.run_id, window, seg.index, self.net.hotkey)
-        acc = Accumulator(seg.numel)
-        for ref in await list_inputs(self.net, window, seg, bucket, deadline, rejected):
-            if ref.hotkey == self.victim:
-                rejected["late"] += 1
-                continue
-            got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)
-            if got is not None:
-                acc.add(ref.hotkey, *got, tag=ref.tag)
-        if not acc.count:
-            return None
-        return Produced(acc.mean(self.net.spec.torch_wire_dtype), acc.inputs, torch.stack(acc.proofs))
 
 
 async def test_a_miners_clock_decides_nothing_for_others(cluster_factory, embedded_s3, tmp_path, hostile) -> None:
@@ -68,7 +44,7 @@ async def test_a_miners_clock_decides_nothing_for_others(cluster_factory, embedd
         await (await net.pool.own_store()).create_bucket(bucket)
         await net.commit(BucketLocation("miner", bucket, front.endpoint_url, *PUBLIC_KEYS))
         victim = peers[0].hotkey
-        liar = Omits(net, bucket, victim=victim)
+        liar = AdversarialMiner(net, bucket, behaviour="omits_victims", victim_hotkeys=[victim])
         front.last_modified(time.time() + 3600, where=victim)
         validator = Validator(await c.join("validators", 0), c.bucket_of("validators", 0), tmp_path / "v.json",
                               ValidatorConfig(segments_per_miner=2, scoring=ScoringConfig(weights_every=1)))
