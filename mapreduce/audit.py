@@ -18,6 +18,7 @@ miner 0, a peer moves on to the next replica).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import random
@@ -101,6 +102,20 @@ def listed_inputs(meta: ObjectMeta) -> list[tuple[str, str, str]]:
     except ValueError as e:
         raise Wrong(f"output lists a hotkey that is not one: {e}") from None
     return [(h, s, t) for h, s, t in inputs]
+
+
+def mean_digest(values: torch.Tensor) -> str:
+    """The sha256 of a mean's bytes as stored (wire dtype): what an output's ``mean`` metadata must say. Honest
+    reduction is deterministic, so every honest replica of a segment signs the same digest over the same inputs."""
+    return hashlib.sha256(memoryview(values.detach().contiguous().view(torch.uint8).numpy())).hexdigest()
+
+
+def listed_mean(meta: ObjectMeta) -> str:
+    """An output's ``mean`` metadata (64 hex digits), checked for form."""
+    digest = meta.extra.get("mean", "")
+    if not SHA256.fullmatch(digest):
+        raise Wrong("output does not state the sha256 of its mean")
+    return digest
 
 
 def impossible_stamp(info: ObjectInfo, skew: float) -> bool:
@@ -195,6 +210,19 @@ def check_against_records(miner: str, seg: Segment, inputs: list[tuple[str, str,
 def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int) -> list[tuple[int, int]]:
     n = min(length, seg.numel)
     return [(s, s + n) for s in sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(count))]
+
+
+def differing_ranges(rng: random.Random, values: torch.Tensor, others: list[torch.Tensor], length: int,
+                     count: int) -> list[tuple[int, int]]:
+    """Up to ``count`` ranges of ``length`` elements (aligned to ``length``) where ``values`` differs from any of
+    ``others``, chosen at random among all such ranges: where replicas disagree, one of them is wrong."""
+    n = values.numel()
+    differ = torch.zeros(-(-n // length) * length, dtype=torch.bool)
+    for other in others:
+        differ[:n] |= values != other
+    starts = (differ.view(-1, length).any(dim=1).nonzero().flatten() * length).tolist()
+    chosen = rng.sample(starts, min(count, len(starts)))
+    return [(s, min(n, s + length)) for s in sorted(chosen)]
 
 
 ProofRows = Callable[[int, int], Awaitable[bytes]]

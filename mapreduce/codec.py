@@ -33,7 +33,7 @@ from .errors import (BadSignature, DisallowedDtype, HashMismatch, HeaderTooLarge
 from .keys import ObjectKey
 from .signing import Signer, verify
 
-VERSION = "2"
+VERSION = "3"
 LEAVES = "__leaves__"
 DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "U8": torch.uint8}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}

@@ -101,7 +101,7 @@ def inspect_bytes(data: bytes, key: str | None = None, spec: RunSpec | None = No
         lines.append("claims    " + ", ".join(f"{k} {md[k][:70]}" for k in
                                              ("mr", "role", "run", "window", "segment", "hotkey") if k in md))
         lines.append("tensors   " + (", ".join(f"{n} {d} {list(s)}" for n, (d, s) in tensors.items()) or "none"))
-        for k in ("inputs", "count", "uploads", "segments"):
+        for k in ("inputs", "count", "mean", "uploads", "segments"):
             if k in md:
                 lines.append(f"{k:9} {md[k][:200]}{' ...' if len(md[k]) > 200 else ''}")
     notes = []

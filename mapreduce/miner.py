@@ -25,6 +25,7 @@ import torch
 from storage import NotFound, StorageError
 
 from . import keys, strictjson
+from .audit import mean_digest
 from .codec import ObjectMeta, decode, encode
 from .directory import BucketLocation
 from .errors import InvalidObject, PhaseOver, ProtocolError
@@ -219,7 +220,8 @@ class Miner:
         spec = self.net.spec
         inputs = [[h, s, t] for h, s, t in produced.inputs]
         meta = ObjectMeta(spec.run_id, window, "out", self.net.hotkey, seg.index,
-                          extra={"inputs": strictjson.dumps(inputs), "count": str(len(inputs))})
+                          extra={"inputs": strictjson.dumps(inputs), "count": str(len(inputs)),
+                                 "mean": mean_digest(produced.mean)})
         # Stored chunk-major ([chunks, inputs, 8]) so a checker reads every input's rows of a chunk at once.
         tensors = {"data": produced.mean, "proof": produced.proof.transpose(0, 1)}
         obj = await asyncio.to_thread(encode, meta, tensors, self.net.signer)

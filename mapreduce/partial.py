@@ -84,19 +84,9 @@ class RangeReader:
         byte_start = entry.start + start * entry.itemsize
         byte_end = entry.start + end * entry.itemsize
         first_chunk, last_chunk = hashtree.chunk_span(byte_start, byte_end)
-        first_group, last_group = hashtree.group_span(first_chunk, last_chunk)
-        n_leaves = hashtree.leaf_count(header.data_len)
 
-        # The leaves of every group the range touches, each group checked against its signed hash.
-        leaf_lo = first_group * hashtree.GROUP_LEAVES
-        leaf_hi = min(n_leaves, last_group * hashtree.GROUP_LEAVES)
-        base = header.data_start + header.leaves.start
-        leaves = await self._get(base + leaf_lo * hashtree.DIGEST, base + leaf_hi * hashtree.DIGEST)
-        span = hashtree.GROUP_LEAVES * hashtree.DIGEST
-        for g in range(first_group, last_group):
-            part = leaves[(g - first_group) * span:(g - first_group + 1) * span]
-            if hashlib.sha256(part).digest() != header.groups[g]:
-                raise HashMismatch(f"leaf hashes of group {g} do not match the signed header")
+        leaf_lo = hashtree.group_span(first_chunk, last_chunk)[0] * hashtree.GROUP_LEAVES
+        leaves = await self._group_leaves(first_chunk, last_chunk)
 
         # The covering chunks, each checked against its leaf.
         lo = first_chunk * hashtree.CHUNK_BYTES
@@ -114,3 +104,30 @@ class RangeReader:
         if entry.dtype != "U8":
             check_finite(name, values, self._expect.max_abs)
         return values, first_chunk, chunks
+
+    async def leaves(self, first_chunk: int, last_chunk: int) -> list[bytes]:
+        """The leaf hashes of chunks ``[first_chunk, last_chunk)``, checked against the signed group hashes: where
+        two objects with the same layout hold different bytes, without reading those bytes."""
+        leaves = await self._group_leaves(first_chunk, last_chunk)
+        lo = hashtree.group_span(first_chunk, last_chunk)[0] * hashtree.GROUP_LEAVES
+        return [leaves[(c - lo) * hashtree.DIGEST:(c - lo + 1) * hashtree.DIGEST]
+                for c in range(first_chunk, last_chunk)]
+
+    async def _group_leaves(self, first_chunk: int, last_chunk: int) -> bytes:
+        """The leaves of every group the chunks touch (one ranged read), each group checked against its signed
+        hash."""
+        header = await self.open()
+        first_group, last_group = hashtree.group_span(first_chunk, last_chunk)
+        n_leaves = hashtree.leaf_count(header.data_len)
+        if not 0 <= first_chunk < last_chunk <= n_leaves:
+            raise ValueError(f"chunks [{first_chunk}, {last_chunk}) outside the object's {n_leaves}")
+        leaf_lo = first_group * hashtree.GROUP_LEAVES
+        leaf_hi = min(n_leaves, last_group * hashtree.GROUP_LEAVES)
+        base = header.data_start + header.leaves.start
+        leaves = await self._get(base + leaf_lo * hashtree.DIGEST, base + leaf_hi * hashtree.DIGEST)
+        span = hashtree.GROUP_LEAVES * hashtree.DIGEST
+        for g in range(first_group, last_group):
+            part = leaves[(g - first_group) * span:(g - first_group + 1) * span]
+            if hashlib.sha256(part).digest() != header.groups[g]:
+                raise HashMismatch(f"leaf hashes of group {g} do not match the signed header")
+        return leaves

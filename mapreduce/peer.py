@@ -29,18 +29,20 @@ import torch
 from storage import ListingTooLong, ObjectInfo, ObjectTooLarge, StorageError
 
 from . import keys
-from .audit import (ReaderCache, Wrong, check_against_records, check_proof_shape, impossible_stamp, listed_inputs,
-                    open_listed_inputs, read_records, recompute_difference, sample_ranges)
-from .codec import Encoded, ObjectMeta, check_finite, decode, encode
+from .audit import (ReaderCache, Wrong, check_against_records, check_proof_shape, differing_ranges, impossible_stamp,
+                    listed_inputs, listed_mean, mean_digest, open_listed_inputs, read_records, recompute_difference,
+                    sample_ranges)
+from .codec import Encoded, Expect, ObjectMeta, check_finite, decode, encode
 from .directory import BucketLocation
 from .errors import Late, NotAParticipant, ProtocolError
 from .flat import flatten, unflatten
 from .inputs import InputRef, download_listed, fetch_input, reduce_segment
-from .listing import PER_WRITER_KEYS, list_capped
-from .network import Network
+from .listing import list_capped
+from .network import Bucket, Network
 from .plan import Plan, Segment
 from .proof import proof_salt
 from .records import SegmentUpload, UploadRecord
+from .watch import OutputWatch
 from .windows import on_time, settle_time
 from .writes import write_copies, write_own
 
@@ -50,15 +52,25 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PeerConfig:
     concurrency: int = 8
+    # Outputs are polled one listing per miner per round, every poll_interval seconds, backing off to
+    # max_poll_interval while nothing new appears (mapreduce.watch).
     poll_interval: float = 0.1
+    max_poll_interval: float = 1.0
     # "reduce": fetch the inputs and reduce a failed segment ourselves; "own": keep our own gradient for it.
     fallback: str = "reduce"
     # Start a window only with at least this many blocks of its upload phase left; else wait for the next one.
     upload_margin_blocks: int = 1
-    # Element ranges of each output recomputed from its inputs (ranged reads) before it is trusted; 0 turns the
-    # spot check off. One range of 1024 elements costs a few KiB per input.
+    # An output two replicas agree on (same signed mean digest and input list) is taken without an audit, except
+    # at random: on average this many peers of the window audit each agreeing segment (the probability per peer
+    # is this over the number of peers, so the network's audit work stays linear in its size). An output no
+    # other replica corroborates, and every claim of replicas that disagree, is always audited.
+    audits_per_segment: float = 1.0
+    # What an audit recomputes from the inputs (ranged reads): this many sampled ranges of spot_check_elements
+    # elements, plus up to settle_ranges ranges where replicas' outputs differ. One range of 1024 elements costs
+    # a few KiB per input.
     spot_check_ranges: int = 1
     spot_check_elements: int = 1024
+    settle_ranges: int = 4
     # Seconds one poll of one replica may take (listing, download, audit): a replica whose endpoint stalls is
     # given up for that poll, and the others are polled meanwhile.
     fetch_timeout: float = 30.0
@@ -98,6 +110,7 @@ class AllReduceResult:
     bytes_downloaded: int = 0
     rejected: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    audits: int = 0  # outputs audited against their inputs (the rest were corroborated by another replica)
 
     @property
     def fallbacks(self) -> list[SegmentResult]:
@@ -106,6 +119,26 @@ class AllReduceResult:
     @property
     def peers_included(self) -> int:
         return min((s.count for s in self.segments), default=0)
+
+
+@dataclass
+class Candidate:
+    """One replica's output of a segment: its signed claim (from the header) and, once downloaded, its data."""
+
+    miner: str
+    bucket: Bucket
+    info: ObjectInfo
+    expect: Expect
+    root: str  # the signed root of the object's hash tree: the object the claim was read from
+    inputs: list[tuple[str, str, str]]
+    mean: str
+    values: torch.Tensor | None = None
+    proof: torch.Tensor | None = None
+
+    @property
+    def claim(self) -> tuple:
+        """What honest replicas of a segment agree on, bit for bit: the mean and the inputs it covers."""
+        return self.mean, tuple((h, s) for h, s, _ in self.inputs)
 
 
 class Peer:
@@ -205,106 +238,140 @@ class Peer:
     async def download(self, window: int, receipt: UploadReceipt, own: torch.Tensor) -> AllReduceResult:
         plan = await self.net.plan(window)
         result = AllReduceResult(window, torch.empty(self.net.spec.numel), {}, [], receipt)
-        # Other peers' signed records of what they uploaded where: a miner that drops an input contradicts them.
-        # Written during the upload phase, so read them once it is over.
         await self.net.wait_for_block(self.net.phases(window).upload_deadline)
         directory = await self.net.directory(window)
-        self._records = await read_records(self.net, window, [p for p in directory.peers if p != self.hotkey],
-                                           result.rejected)
+        self._records = {}  # other peers' upload records, read only when an audit needs them
+        self._audit_probability = min(1.0, self.config.audits_per_segment / max(1, len(directory.peers)))
         # Honest miners write outputs only once their input listing is final (settle_time): polling before then
         # would only load their servers while they download our inputs.
         deadline = await self.net.block_timestamp(self.net.phases(window).upload_deadline)
         await asyncio.sleep(max(0.0, settle_time(deadline, self.net.spec.windows.clock_skew_seconds) - time.time()))
-        segments = await asyncio.gather(*(self._download_segment(plan, s, receipt, own, result, deadline)
-                                          for s in plan.segments))
+        watch = OutputWatch(self.net, plan, [m for m in plan.miners if directory.accepts(m)], result.rejected,
+                            poll_interval=self.config.poll_interval,
+                            max_poll_interval=self.config.max_poll_interval, timeout=self.config.fetch_timeout)
+        for seg in plan.segments:
+            for miner in plan.miners_for(seg.index):
+                if directory.accepts(miner):
+                    watch.want(miner, seg.index)
+        polling = asyncio.create_task(watch.run())
+        try:
+            segments = await asyncio.gather(*(self._download_segment(plan, s, receipt, own, result, deadline, watch)
+                                              for s in plan.segments))
+        finally:
+            polling.cancel()
         result.segments = sorted(segments, key=lambda r: r.segment)
         result.tensors = unflatten(self.net.spec, result.flat)
         return result
 
     async def _download_segment(self, plan: Plan, seg: Segment, receipt: UploadReceipt, own: torch.Tensor,
-                                result: AllReduceResult, upload_deadline: float) -> SegmentResult:
-        phases = self.net.phases(plan.window)
+                                result: AllReduceResult, upload_deadline: float, watch: OutputWatch
+                                ) -> SegmentResult:
+        """Read each replica's output header as it appears; take an output once two replicas sign the same claim
+        (mean digest and input list), or once the only one left passes a full audit; when replicas disagree,
+        audit each claim and take the valid one with the most inputs."""
         directory = await self.net.directory(plan.window)
         replicas = [m for m in plan.miners_for(seg.index) if directory.accepts(m)]
-        ours = receipt.sha256.get(seg.index)
         # Our own evidence, by our own clock: every upload of ours had landed (the server said so) before the
         # deadline. A miner whose output leaves such an input of ours out is lying about it, whatever its server's
         # timestamps say; its output is refused (and if every replica does it, we reduce the segment ourselves).
         on_time_by_us = receipt.finished_at is not None and receipt.finished_at <= upload_deadline
-        settled: set[str] = set()
-        refused: dict[str, str] = {}  # miner -> ETag of the object we refused there (read again only if it changes)
-        fallback: tuple[str, torch.Tensor, int] | None = None  # a valid output that (rightly) left our input out
-        while True:
-            past_deadline = await self.net.block() >= phases.reduce_deadline
-            pending = [m for m in replicas if m not in settled]
-            # Where is an output? Every replica at once: one small listing each, a stalling one bounded.
-            found = await asyncio.gather(*(self._find_output(plan, seg, m, past_deadline, result) for m in pending))
-            for miner, info in zip(pending, found):  # then in plan order, one download at a time
-                if info is False:
-                    settled.add(miner)  # unreachable past the deadline
-                    continue
-                if info is None or refused.get(miner) == info.etag:
-                    if past_deadline and info is not None:
-                        settled.add(miner)
-                    continue
-                got = await self._take_output(plan, seg, miner, info, past_deadline, result)
-                if got is None:
-                    refused[miner] = info.etag  # not a valid output of this miner (yet): junk at its key, or torn
-                    if past_deadline:
-                        settled.add(miner)
-                    continue
-                settled.add(miner)
-                values, inputs = got
-                included = any(h == self.hotkey and s == ours for h, s, _ in inputs)
-                if included or miner not in receipt.stored_at.get(seg.index, []):
-                    result.flat[seg.start:seg.end] = values
-                    return SegmentResult(seg.index, "replica", miner, len(inputs), included)
-                if on_time_by_us:
-                    result.rejected["omits_own_input"] += 1
-                    log.warning("window %d segment %d: miner %s left out our input, which was in its bucket before "
-                                "the deadline; refused", plan.window, seg.index, miner[:10])
-                    continue
-                log.warning("window %d segment %d: miner %s left our (late) input out", plan.window, seg.index,
-                            miner[:10])
-                fallback = fallback or (miner, values, len(inputs))
-            if past_deadline or len(settled) == len(replicas):
-                break
-            await asyncio.sleep(self.config.poll_interval)
-        if fallback is not None:
-            miner, values, count = fallback
-            result.flat[seg.start:seg.end] = values
-            return SegmentResult(seg.index, "replica", miner, count, False)
-        return await self._finish_alone(plan, seg, own, result)
-
-    async def _find_output(self, plan: Plan, seg: Segment, miner: str, past_deadline: bool,
-                           result: AllReduceResult) -> ObjectInfo | None | bool:
-        """The listing entry of ``miner``'s output of ``seg``; None if not there (yet), False if the miner cannot
-        be reached past the deadline. At most ``fetch_timeout``: a stalling endpoint never holds the others up."""
-        key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
+        judged: dict[str, str] = {}  # miner -> ETag of the output we judged there (judged again only if it changes)
+        candidates: dict[str, Candidate] = {}
+        late_fallback: Candidate | None = None  # a valid output that (rightly) left our late input out
         try:
-            async with self._sem:
-                bucket = await self.net.bucket(plan.window, miner)
-                # A listing with the output's key as the prefix rather than a HEAD: one cheap request per poll,
-                # where a HEAD that misses costs two (the store asks whether the bucket exists), and it gives the
-                # size and ETag the download needs, so that is one GET with no second HEAD.
-                listing = await asyncio.wait_for(bucket.store.list(bucket.name, key, max_keys=PER_WRITER_KEYS),
-                                                 self.config.fetch_timeout)
-            return next((o for o in listing if o.key == key), None)
-        except (StorageError, KeyError, asyncio.TimeoutError) as e:
-            if past_deadline:
-                result.rejected["unreachable"] += 1
-                log.warning("window %d segment %d: miner %s unreachable: %s", plan.window, seg.index, miner[:10],
-                            str(e) or "timed out")
-                return False
+            while True:
+                closed = watch.closed
+                for miner in replicas:
+                    info = watch.output(miner, seg.index)
+                    if info is None or judged.get(miner) == info.etag:
+                        continue
+                    judged[miner] = info.etag
+                    candidates.pop(miner, None)
+                    c = await self._guarded(plan, seg, miner, result, self._read_claim(plan, seg, miner, info,
+                                                                                       closed, result))
+                    if c is None:
+                        continue
+                    if self._omits_us(c, receipt, seg):
+                        if on_time_by_us:
+                            result.rejected["omits_own_input"] += 1
+                            log.warning("window %d segment %d: miner %s left out our input, which was in its bucket "
+                                        "before the deadline; refused", plan.window, seg.index, miner[:10])
+                            continue
+                        log.warning("window %d segment %d: miner %s left our (late) input out", plan.window,
+                                    seg.index, miner[:10])
+                        late_fallback = late_fallback or c
+                        continue
+                    candidates[miner] = c
+                pending = [m for m in replicas if m not in judged and m not in watch.unreachable]
+                taken = await self._decide(plan, seg, candidates, closed or not pending, result)
+                if taken is not None:
+                    result.flat[seg.start:seg.end] = taken.values
+                    included = any(h == self.hotkey for h, _, _ in taken.inputs)
+                    return SegmentResult(seg.index, "replica", taken.miner, len(taken.inputs), included)
+                if closed:
+                    break
+                await watch.next_round()
+            if late_fallback is not None and await self._decide(plan, seg, {late_fallback.miner: late_fallback},
+                                                                True, result) is not None:
+                result.flat[seg.start:seg.end] = late_fallback.values
+                return SegmentResult(seg.index, "replica", late_fallback.miner, len(late_fallback.inputs), False)
+            return await self._finish_alone(plan, seg, own, result)
+        finally:
+            watch.settle(seg.index)
+
+    def _omits_us(self, c: "Candidate", receipt: UploadReceipt, seg: Segment) -> bool:
+        """The output leaves out our input although that miner's bucket accepted it."""
+        ours = receipt.sha256.get(seg.index)
+        included = any(h == self.hotkey and s == ours for h, s, _ in c.inputs)
+        return not included and c.miner in receipt.stored_at.get(seg.index, [])
+
+    async def _decide(self, plan: Plan, seg: Segment, candidates: dict[str, "Candidate"], final: bool,
+                      result: AllReduceResult) -> "Candidate | None":
+        """The output to take, if the candidates settle it now (``final``: no other replica will come)."""
+        claims: dict[tuple, list[Candidate]] = {}
+        for c in candidates.values():  # in plan order
+            claims.setdefault(c.claim, []).append(c)
+        if len(claims) == 1:
+            (members,) = claims.values()
+            if len(members) < 2 and not final:
+                return None  # one signed claim so far: wait for a replica to agree
+            audit = len(members) < 2 or random.random() < self._audit_probability
+            for c in members:
+                if await self._guarded(plan, seg, c.miner, result, self._verify(plan, seg, c, audit, None, result)):
+                    return c
+                del candidates[c.miner]
+                audit = True  # the claim's own signer failed it: trust the next one only after an audit
             return None
+        if not claims:
+            return None
+        # Replicas disagree: at least one of them is wrong. Audit one output of each claim, looking hardest where
+        # they differ, and take the valid one that covers the most inputs (a miner that dropped an input loses to
+        # one that kept it).
+        heads = [members[0] for members in claims.values()]
+        result.rejected["disagreement"] += 1
+        log.info("window %d segment %d: replicas disagree (%s); auditing each", plan.window, seg.index,
+                 ", ".join(c.miner[:10] for c in heads))
+        for c in heads:
+            if not await self._guarded(plan, seg, c.miner, result, self._download(plan, seg, c, result)):
+                for other in claims[c.claim]:
+                    del candidates[other.miner]
+        heads = [c for c in heads if c.values is not None]
+        valid = []
+        for c in heads:
+            others = [o.values for o in heads if o is not c]
+            if await self._guarded(plan, seg, c.miner, result, self._verify(plan, seg, c, True, others, result)):
+                valid.append(c)
+            else:
+                for other in claims[c.claim]:
+                    candidates.pop(other.miner, None)
+        if not valid:
+            return None
+        return max(valid, key=lambda c: len(c.inputs))  # max keeps the first (plan order) of equals
 
-    async def _take_output(self, plan: Plan, seg: Segment, miner: str, info: ObjectInfo, past_deadline: bool,
-                           result: AllReduceResult) -> tuple[torch.Tensor, list[tuple[str, str, str]]] | None:
-        """Download, verify and audit the output ``info`` lists; ``(values, inputs)``, or None (counted by
-        reason). At most ``fetch_timeout``."""
+    async def _guarded(self, plan: Plan, seg: Segment, miner: str, result: AllReduceResult, work):
+        """``work``'s result, or None when it fails (counted by reason). At most ``fetch_timeout``."""
         try:
-            return await asyncio.wait_for(self._take_output_unbounded(plan, seg, miner, info, past_deadline, result),
-                                          self.config.fetch_timeout)
+            return await asyncio.wait_for(work, self.config.fetch_timeout)
         except asyncio.TimeoutError:
             result.rejected["timeout"] += 1
             log.warning("window %d segment %d: miner %s did not answer within %.0fs", plan.window, seg.index,
@@ -324,11 +391,9 @@ class Peer:
             result.rejected["internal_error"] += 1
         return None
 
-    async def _take_output_unbounded(self, plan: Plan, seg: Segment, miner: str, info: ObjectInfo,
-                                     past_deadline: bool, result: AllReduceResult):
-        key = info.key
-        directory = await self.net.directory(plan.window)
-        expect = self.net.output_expect(seg, miner, len(directory.peers))
+    async def _read_claim(self, plan: Plan, seg: Segment, miner: str, info: ObjectInfo, past_deadline: bool,
+                          result: AllReduceResult) -> "Candidate":
+        """The output's signed claim, from its header alone (a ranged read of a few KiB)."""
         skew = self.net.spec.windows.clock_skew_seconds
         if impossible_stamp(info, skew):
             raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
@@ -336,53 +401,89 @@ class Peer:
             deadline = await self.net.block_timestamp(self.net.phases(plan.window).reduce_deadline)
             if not on_time(info.last_modified.timestamp(), deadline, skew):
                 raise Late(f"output written {info.last_modified.timestamp() - deadline:.1f}s after the deadline")
+        directory = await self.net.directory(plan.window)
+        expect = self.net.output_expect(seg, miner, len(directory.peers))
         async with self._sem:
             bucket = await self.net.bucket(plan.window, miner)
-            data = await download_listed(bucket, info, expect.max_bytes)
-        result.bytes_downloaded += len(data)
-        decoded = await asyncio.to_thread(decode, data, key, expect)
-        inputs = listed_inputs(decoded.meta)
-        values = decoded.tensors["data"]
-        check_proof_shape(tuple(decoded.tensors["proof"].shape), inputs)
-        await self._audit(plan, seg, miner, bucket, inputs, values, decoded.tensors["proof"], result)
-        return values.float(), inputs
+            reader = ReaderCache(self.net, bucket).reader(info, seg, lambda h: h == miner, expect)
+            try:
+                header = await reader.open()
+            finally:
+                result.bytes_downloaded += reader.bytes_fetched
+        c = Candidate(miner, bucket, info, expect, header.sha256, listed_inputs(header.meta), listed_mean(header.meta))
+        check_proof_shape(tuple(header.entries["proof"].shape), c.inputs)
+        return c
 
-    async def _audit(self, plan: Plan, seg: Segment, miner: str, bucket, inputs: list[tuple[str, str, str]],
-                     values: torch.Tensor, proof: torch.Tensor, result: AllReduceResult) -> None:
-        """Trust an output only if it agrees with the peers' records and with a recomputed sample."""
-        cache = ReaderCache(self.net, bucket)
+    async def _download(self, plan: Plan, seg: Segment, c: "Candidate", result: AllReduceResult) -> bool:
+        """The whole output, verified, and the same object whose header made the claim."""
+        if c.values is not None:
+            return True
+        async with self._sem:
+            data = await download_listed(c.bucket, c.info, c.expect.max_bytes)
+        result.bytes_downloaded += len(data)
+        decoded = await asyncio.to_thread(decode, data, c.info.key, c.expect)
+        if decoded.sha256 != c.root:
+            raise Wrong("served other bytes for its output than its header read showed")
+        if mean_digest(decoded.tensors["data"]) != c.mean:
+            raise Wrong("the mean's digest in its header does not match the mean it holds")
+        c.values = decoded.tensors["data"].float()
+        c.proof = decoded.tensors["proof"]
+        return True
+
+    async def _verify(self, plan: Plan, seg: Segment, c: "Candidate", audit: bool,
+                      others: list[torch.Tensor] | None, result: AllReduceResult) -> bool:
+        """Download ``c`` (if not yet); with ``audit``, also audit it (:meth:`_audit`)."""
+        await self._download(plan, seg, c, result)
+        if audit:
+            result.audits += 1
+            await self._audit(plan, seg, c, others or [], result)
+        return True
+
+    async def _audit(self, plan: Plan, seg: Segment, c: "Candidate", others: list[torch.Tensor],
+                     result: AllReduceResult) -> None:
+        """Trust an output only if its listed inputs verify, the peers it leaves out did not upload a valid input
+        there (their own signed records say), and recomputed ranges match: sampled ones, and up to
+        ``settle_ranges`` where it differs from another replica's output."""
         deadline = await self.net.block_timestamp(self.net.phases(plan.window).upload_deadline)
-        omitted, contradicting = check_against_records(miner, seg, inputs, self._records)
-        for peer in contradicting:
-            # That peer signed an input and a record that disagree: the peer lied, not the miner.
-            result.rejected["peer_equivocates"] += 1
-            log.info("window %d segment %d: peer %s's record contradicts its own signed input", plan.window,
-                     seg.index, peer[:10])
+        directory = await self.net.directory(plan.window)
+        listed = {h for h, _, _ in c.inputs}
+        unlisted = [p for p in directory.peers if p not in listed and p != self.hotkey]
+        # Only the peers an output leaves out can show an omission: their records, not everyone's.
+        unread = [p for p in unlisted if p not in self._records]
+        if unread:
+            got = await read_records(self.net, plan.window, unread, result.rejected)
+            self._records.update({p: got.get(p) for p in unread})
+        records = {p: r for p in unlisted if (r := self._records.get(p)) is not None}
+        omitted, _ = check_against_records(c.miner, seg, c.inputs, records)
         for peer in omitted:
             # Uploaded there, per its own record. Blame the miner only if that whole input is valid and on time:
             # a header that verifies over a NaN or torn body must not frame an honest miner.
-            key = self._records[peer].key_at(self.net.spec.run_id, seg.index, miner)
-            if await self._valid_whole_input(plan, seg, bucket, peer, key, deadline, result.rejected):
+            key = self._records[peer].key_at(self.net.spec.run_id, seg.index, c.miner)
+            if await self._valid_whole_input(plan, seg, c.bucket, peer, key, deadline, result.rejected):
                 raise Wrong(f"leaves out a valid input from {peer[:10]}")
-        if self.config.spot_check_ranges:
-            # One listing gives every input's size, ETag and time: no HEAD per input (HEADs if it is flooded).
-            prefix = keys.segment_prefix(self.net.spec.run_id, plan.window, seg.index, "in")
-            try:
-                known = {o.key: o for o in await list_capped(bucket, prefix, expected=len(inputs))}
-            except ListingTooLong:
-                known = {}
-            readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs, deadline, known=known)
-            ranges = sample_ranges(random.Random(), seg, self.config.spot_check_ranges,
-                                   self.config.spot_check_elements)
+        rng = random.Random()
+        ranges = sample_ranges(rng, seg, self.config.spot_check_ranges, self.config.spot_check_elements)
+        ranges += differing_ranges(rng, c.values, others, self.config.spot_check_elements, self.config.settle_ranges)
+        if not ranges:
+            return
+        # One listing gives every input's size, ETag and time: no HEAD per input (HEADs if it is flooded).
+        prefix = keys.segment_prefix(self.net.spec.run_id, plan.window, seg.index, "in")
+        try:
+            known = {o.key: o for o in await list_capped(c.bucket, prefix, expected=len(c.inputs))}
+        except ListingTooLong:
+            known = {}
+        readers = await open_listed_inputs(self.net, plan.window, seg, ReaderCache(self.net, c.bucket), c.inputs,
+                                           deadline, known=known)
+        values, proof = c.values, c.proof
 
-            async def output(a: int, b: int) -> torch.Tensor:
-                return values[a:b]
+        async def output(a: int, b: int) -> torch.Tensor:
+            return values[a:b]
 
-            async def rows(first: int, last: int) -> bytes:
-                return proof[first:last].numpy().tobytes()
-            salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
-            if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype, rows, salt) > 0:
-                raise Wrong("output differs from the mean recomputed from its inputs")
+        async def rows(first: int, last: int) -> bytes:
+            return proof[first:last].numpy().tobytes()
+        salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, c.miner)
+        if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype, rows, salt) > 0:
+            raise Wrong("output differs from the mean recomputed from its inputs")
 
     async def _valid_whole_input(self, plan: Plan, seg: Segment, bucket, peer: str, key, deadline: float,
                                  rejected: Counter) -> bool:

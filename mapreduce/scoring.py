@@ -2,13 +2,15 @@
 
 For one sampled segment of one miner (see docs/PROTOCOL.md for the reasoning):
 
-- difference ``d = ||o - r|| / (||r|| + eps)`` over the sampled elements, ``o`` the miner's output and ``r`` the
-  validator's recomputation from the inputs the output lists; correctness ``c = max(0, 1 - d / max_difference)``,
-  the negative normalised difference mapped onto [0, 1];
+- difference ``d = ||o - r|| / (||r|| + eps)`` over the checked elements, ``o`` the miner's output and ``r`` the
+  validator's recomputation from the inputs the output lists; correctness ``c = 1`` if ``d == 0`` else ``0``:
+  honest reduction is deterministic (fp32, canonical order), so any difference at all, however small, means the
+  miner did not do it;
 - completeness ``k = |included ∩ expected| / |expected|``, expected being the valid inputs the validator saw in the
   miner's bucket at the upload deadline;
-- latency ``l = 1 - min(1, seconds from the upload deadline until the validator first saw the output / length of the
-  reduce phase)``;
+- latency ``l = 1 - min(1, seconds from the settle time (:func:`mapreduce.windows.settle_time`, when the inputs that
+  count are final) until the validator first saw the output / seconds from the settle time to the reduce
+  deadline)``: an output written before the settle time earns no more than one written at it;
 - ``score = c * k * (1 - latency_weight + latency_weight * l)``; a missing, late or invalid output, or one that
   includes an invalid input, scores 0, the worst.
 
@@ -34,7 +36,6 @@ from pathlib import Path
 @dataclass(frozen=True)
 class ScoringConfig:
     ema_alpha: float = 0.3
-    max_difference: float = 1e-3
     latency_weight: float = 0.25
     # Set weights on chain every this many windows.
     weights_every: int = 5
@@ -64,7 +65,7 @@ class SegmentCheck:
 def segment_score(check: SegmentCheck, cfg: ScoringConfig, reduce_seconds: float) -> float:
     if check.status != "ok" or check.difference is None or not math.isfinite(check.difference):
         return 0.0
-    correctness = max(0.0, 1.0 - check.difference / cfg.max_difference)
+    correctness = 1.0 if check.difference == 0.0 else 0.0
     completeness = check.included_expected / check.expected if check.expected else 1.0
     lateness = 1.0 if check.latency is None else min(1.0, max(0.0, check.latency) / max(reduce_seconds, 1e-9))
     return correctness * completeness * (1.0 - cfg.latency_weight + cfg.latency_weight * (1.0 - lateness))

@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from storage import ListingTooLong, NotFound, ObjectInfo, PreconditionFailed, StorageError
 
-from . import keys
-from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, open_listed_inputs,
-                    read_records, recompute_difference, sample_ranges)
+from . import hashtree, keys
+from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, listed_mean,
+                    open_listed_inputs, read_records, recompute_difference, sample_ranges)
 from .errors import InvalidObject, Late
 from .hosting import HostingConfig, check_hosting, hosting_lines
 from .inputs import InputRef, counted, fetch_input
@@ -43,11 +46,12 @@ from .keys import ObjectKey
 from .listing import PER_WRITER_KEYS, cap_for, genuine, list_capped
 from .network import Bucket, Network
 from .observers import Observers
+from .partial import RangeReader
 from .plan import Plan, Segment
 from .proof import proof_salt
 from .records import encode_report
 from .scoring import HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segment_score, window_scores
-
+from .windows import settle_time
 from .writes import write_own
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ class ValidatorConfig:
     range_elements: int = 1024
     poll_interval: float = 0.25
     concurrency: int = 8
+    # Where a checked output differs from another replica's, at most this many of the differing ranges (one data
+    # chunk each), or of the inputs one lists and the other not, are looked into.
+    settle_ranges: int = 4
     # Seconds one (miner, segment) check may take; a miner whose endpoint is slower loses that check.
     check_timeout: float = 60.0
     # Seconds one listing of one miner's bucket may take while observing.
@@ -73,10 +80,16 @@ class ValidatorConfig:
 
 @dataclass
 class Version:
-    """One version of an output we saw: when, and whether its header verified (None: not read yet, or gone)."""
+    """One version of an output we saw: when, whether its header verified (None: not read yet, or gone), and what
+    it signed: the root of its hash tree (pinned: the bytes we check later must be these), its mean's digest and
+    its input list."""
 
     first_seen: float
+    info: ObjectInfo | None = None
     valid: bool | None = None
+    root: str | None = None
+    mean: str | None = None
+    inputs: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass
@@ -91,7 +104,9 @@ class Observation:
     rejected: Counter = field(default_factory=Counter)  # junk keys, late inputs... seen while observing
     checked: dict[tuple[str, int], str] = field(default_factory=dict)  # (miner, seg) -> ETag of the output checked
     lying_clock: set[str] = field(default_factory=set)  # miners whose server stamped an object in the future
+    watched: set[tuple[str, int]] | None = None  # slots whose versions we read and pin (None: all)
     upload_deadline_time: float = 0.0
+    settle_time: float = 0.0  # when the inputs that count were final: latency counts from here
     reduce_deadline_time: float = 0.0
 
     def latest(self, slot: tuple[str, int]) -> tuple[str, float] | None:
@@ -101,6 +116,11 @@ class Observation:
             return None
         etag = max(seen, key=lambda e: seen[e].first_seen)
         return etag, seen[etag].first_seen
+
+    def pinned(self, slot: tuple[str, int]) -> Version | None:
+        """The newest version of ``slot`` whose header we read and verified before the deadline."""
+        valid = [v for v in self.versions.get(slot, {}).values() if v.valid and v.root]
+        return max(valid, key=lambda v: v.first_seen) if valid else None
 
 
 @dataclass
@@ -153,6 +173,18 @@ class WindowReport:
         return "\n".join(lines)
 
 
+class OtherReplicaFailed(Exception):
+    """Reading another replica's output (to compare with the one checked) failed: no evidence either way."""
+
+
+async def _theirs(work):
+    """``work``, a read of another replica's output; its failure becomes :class:`OtherReplicaFailed`."""
+    try:
+        return await work
+    except (InvalidObject, StorageError, PreconditionFailed) as e:
+        raise OtherReplicaFailed(str(e)) from e
+
+
 class Validator:
     def __init__(self, net: Network, bucket: str, state_path: str | Path, config: ValidatorConfig = ValidatorConfig()):
         self.net = net
@@ -198,8 +230,13 @@ class Validator:
 
     async def validate_window(self, window: int) -> WindowReport:
         plan = await self.net.plan(window)
-        observation = await self.observe(plan)
-        checks, fetched, checked_bytes, rejected = await self.check(plan, observation)
+        # Our own entropy, drawn now and never published before the checks: no miner can compute which segments
+        # and ranges we will check (a public seed would let it answer only those).
+        rng = random.Random(os.urandom(32))
+        slots, rejected = await self._sample(plan, rng)
+        observation = await self.observe(plan, watched={(m, s.index) for m, s, _ in slots}
+                                         | {(r, s.index) for _, s, _ in slots for r in plan.miners_for(s.index)})
+        checks, fetched, checked_bytes, rejected = await self.check(plan, observation, slots, rng, rejected)
         rejected.update(observation.rejected)
         hosting = await check_hosting(self.net, window, self.config.hosting, self.config.scoring, rejected)
         await self.recheck_overwrites(plan, observation, checks)
@@ -221,9 +258,9 @@ class Validator:
 
     # -- 1. observe --------------------------------------------------------------------------------------------------
 
-    async def observe(self, plan: Plan) -> Observation:
+    async def observe(self, plan: Plan, watched: set[tuple[str, int]] | None = None) -> Observation:
         phases = self.net.phases(plan.window)
-        obs = Observation()
+        obs = Observation(watched=watched)
         directory = await self.net.directory(plan.window)
         miners = [m for m in plan.miners if directory.accepts(m)]  # our own lists exclude the rest: not judged
         # Our evidence of what was on time: each miner's inputs listed just before the upload deadline, by our own
@@ -244,6 +281,7 @@ class Validator:
         # The inputs that count must wait for stragglers stamped within the clock allowance. Outputs are watched
         # from then on, while those listings run: a slow bucket must not delay when we see another miner's output.
         await self.net.settle(phases.upload_deadline)
+        obs.settle_time = settle_time(obs.upload_deadline_time, skew)
         headers: list[asyncio.Task] = []
 
         async def watch() -> None:
@@ -336,8 +374,8 @@ class Validator:
             slot = (miner, k.segment)
             versions = obs.versions.setdefault(slot, {})
             if info.etag not in versions:
-                version = versions[info.etag] = Version(now)
-                if headers is not None:
+                version = versions[info.etag] = Version(now, info)
+                if headers is not None and (obs.watched is None or slot in obs.watched):
                     headers.append(asyncio.create_task(self._read_version(plan, bucket, info, version)))
 
     async def _read_version(self, plan: Plan, bucket: Bucket, info: ObjectInfo, version: Version) -> None:
@@ -347,17 +385,21 @@ class Validator:
         reader = ReaderCache(self.net, bucket).reader(info, seg, lambda h: h == k.hotkey,
                                                       self.net.output_expect(seg, k.hotkey, len(directory.peers)))
         try:
-            await asyncio.wait_for(reader.open(), self.config.list_timeout)
+            header = await asyncio.wait_for(reader.open(), self.config.list_timeout)
+            inputs, mean = listed_inputs(header.meta), listed_mean(header.meta)
+            check_proof_shape(header.entries["proof"].shape, inputs)
+            version.root, version.mean = header.sha256, mean
+            version.inputs = tuple((h, s) for h, s, _ in inputs)
             version.valid = True
-        except InvalidObject:
+        except (InvalidObject, Wrong):
             version.valid = False
         except (StorageError, asyncio.TimeoutError):
             pass  # replaced already, or unreadable: unknown
 
     # -- 2. check ----------------------------------------------------------------------------------------------------
 
-    async def check(self, plan: Plan, obs: Observation):
-        rng = random.Random(await self.net.sample_seed(plan.window))
+    async def _sample(self, plan: Plan, rng: random.Random) -> tuple[list, Counter]:
+        """The (miner, segment, element ranges) we will check, drawn from our own entropy."""
         cfg = self.config
         directory = await self.net.directory(plan.window)
         rejected: Counter = Counter()
@@ -369,18 +411,22 @@ class Validator:
             segs = list(plan.segments_for(miner))
             for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
                 slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements)))
+        return slots, rejected
+
+    async def check(self, plan: Plan, obs: Observation, slots: list, rng: random.Random, rejected: Counter):
+        directory = await self.net.directory(plan.window)
         stats = {"fetched": 0, "checked": 0}
         records: dict = {}
         if any(m in obs.unreachable and m not in obs.reachable for m in plan.miners):
             # Peers' records say whether they could write to a miner we cannot read: its bucket is up for them.
             records = await read_records(self.net, plan.window, directory.peers, rejected)
-        checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats, records)
-                                        for m, seg, ranges in slots))
+        checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats, records,
+                                                         random.Random(rng.random())) for m, seg, ranges in slots))
         return [c for c in checks if c is not None], stats["fetched"], stats["checked"], rejected
 
     async def _check_slot(self, plan: Plan, obs: Observation, miner: str, seg: Segment,
                           ranges: list[tuple[int, int]], rejected: Counter, stats: dict,
-                          records: dict) -> SegmentCheck | None:
+                          records: dict, rng: random.Random) -> SegmentCheck | None:
         async with self._sem:
             check = SegmentCheck(miner, seg.index, "ok")
             cache: ReaderCache | None = None
@@ -396,7 +442,7 @@ class Validator:
                     return self._scored(check, obs)
                 cache = ReaderCache(self.net, await self.net.bucket(plan.window, miner))
                 await asyncio.wait_for(self._check_reachable(plan, obs, miner, seg, cache, ranges, rejected, check,
-                                                             stats), self.config.check_timeout)
+                                                             stats, rng), self.config.check_timeout)
                 if check.status == "skip":
                     return None
             except Wrong as e:
@@ -427,7 +473,7 @@ class Validator:
 
     async def _check_reachable(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
                                ranges: list[tuple[int, int]], rejected: Counter, check: SegmentCheck,
-                               stats: dict) -> None:
+                               stats: dict, rng: random.Random) -> None:
         expected = await self._expected_inputs(plan, obs, miner, seg, cache, rejected)
         check.expected = len(expected)
         slot = (miner, seg.index)
@@ -443,10 +489,10 @@ class Validator:
             raise Wrong(f"published {len(valid_versions)} different valid outputs before the deadline")
         if miner in obs.lying_clock:
             raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
-        await self._compare(plan, obs, miner, seg, cache, ranges, expected, check, stats, rejected)
+        await self._compare(plan, obs, miner, seg, cache, ranges, expected, check, stats, rejected, rng)
 
     def _scored(self, check: SegmentCheck, obs: Observation) -> SegmentCheck:
-        reduce_seconds = obs.reduce_deadline_time - obs.upload_deadline_time
+        reduce_seconds = obs.reduce_deadline_time - obs.settle_time
         check.score = segment_score(check, self.config.scoring, reduce_seconds)
         return check
 
@@ -471,7 +517,7 @@ class Validator:
 
     async def _compare(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
                        ranges: list[tuple[int, int]], expected: dict[str, tuple[str, ObjectInfo]],
-                       check: SegmentCheck, stats: dict, rejected: Counter) -> None:
+                       check: SegmentCheck, stats: dict, rejected: Counter, rng: random.Random) -> None:
         bucket = cache.bucket
         key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
         info = await bucket.store.head(bucket.name, key)
@@ -480,9 +526,14 @@ class Validator:
             if seen:
                 raise Wrong("output was overwritten after the reduce deadline")
             raise Late("the output there now appeared after the reduce deadline")
-        if seen[info.etag].valid is False:
+        version = seen[info.etag]
+        if version.valid is False:
             raise Wrong("the output seen before the deadline is not a valid output of this miner")
-        check.latency = seen[info.etag].first_seen - obs.upload_deadline_time
+        if version.root is None:
+            # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
+            # endpoint can list what does not exist yet and write it once the checks are known).
+            raise Late("its output could not be read before the reduce deadline")
+        check.latency = version.first_seen - obs.settle_time
         obs.checked[(miner, seg.index)] = info.etag
         if impossible_stamp(info, self.net.spec.windows.clock_skew_seconds):
             raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
@@ -490,12 +541,18 @@ class Validator:
         out_reader = cache.reader(info, seg, lambda h: h == miner,
                                   self.net.output_expect(seg, miner, len(directory.peers)))
         header = await out_reader.open()
+        if header.sha256 != version.root:
+            raise Wrong("serves other bytes than the output it showed before the reduce deadline")
+        if header.entries["data"].start != 0:
+            raise Wrong("its output does not hold the mean first (the layout every replica shares)")
         stats["checked"] += info.size
         inputs = listed_inputs(header.meta)
         proof_shape = header.entries["proof"].shape
         check_proof_shape(proof_shape, inputs)
         check.included = len(inputs)
         listed = {h: s for h, s, _ in inputs}
+        # The other replicas of this segment: where their signed outputs differ from this one, look there.
+        elsewhere, extra = await self._against_replicas(plan, obs, miner, seg, out_reader, version, rng, rejected)
         input_readers = await open_listed_inputs(self.net, plan.window, seg, cache, inputs,
                                                  obs.upload_deadline_time,
                                                  known={i.key: i for _, i in expected.values()})
@@ -506,7 +563,8 @@ class Validator:
 
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
         check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
-                                                      ranges, self.net.spec.torch_wire_dtype, proof, salt)
+                                                      sorted(set(ranges) | set(extra)),
+                                                      self.net.spec.torch_wire_dtype, proof, salt)
         # Before blaming the miner for an input it left out, verify that whole input: a peer can sign a valid
         # header over a NaN or torn body, which the miner was right to refuse.
         left_out = sorted(p for p in expected if listed.get(p) != expected[p][0])
@@ -514,6 +572,9 @@ class Validator:
             ref = InputRef(peer, expected[peer][1].key, expected[peer][1])
             if await fetch_input(self.net, plan.window, seg, bucket, ref, rejected) is None:
                 del expected[peer]
+        for peer in elsewhere:
+            if peer not in expected and peer not in listed:
+                expected[peer] = elsewhere[peer]
         check.expected = len(expected)
         check.included_expected = sum(expected[h][0] == s for h, s in listed.items() if h in expected)
         reasons = []
@@ -524,6 +585,88 @@ class Validator:
             reasons.append(f"left out {check.expected - check.included_expected} valid input(s) "
                            f"({', '.join(h[:10] for h in missing)})")
         check.reason = "; ".join(reasons)
+
+    async def _against_replicas(self, plan: Plan, obs: Observation, miner: str, seg: Segment, reader: RangeReader,
+                                version: Version, rng: random.Random, rejected: Counter
+                                ) -> tuple[dict[str, tuple[str, ObjectInfo]], list[tuple[int, int]]]:
+        """Compare ``miner``'s pinned output with the other replicas' pinned outputs of ``seg``.
+
+        Honest replicas sign the same mean over the same inputs, so a difference means someone is wrong. Over the
+        same inputs: the element ranges where the two means differ (found from their leaf hashes, without reading
+        the data), up to ``settle_ranges`` of them, are returned for recomputation. Over other inputs: a valid,
+        on-time input another replica holds and lists, whose peer's signed record says it was uploaded to
+        ``miner`` too, is returned as expected of ``miner`` (a miner that deleted an input from its own bucket
+        before anyone listed it still left it out)."""
+        elsewhere: dict[str, tuple[str, ObjectInfo]] = {}
+        extra: list[tuple[int, int]] = []
+        for other in plan.miners_for(seg.index):
+            theirs = obs.pinned((other, seg.index)) if other != miner else None
+            if theirs is None or (theirs.mean, theirs.inputs) == (version.mean, version.inputs):
+                continue
+            rejected["disagreement"] += 1
+            try:
+                bucket = await self.net.bucket(plan.window, other)
+                directory = await self.net.directory(plan.window)
+                their_reader = ReaderCache(self.net, bucket).reader(
+                    theirs.info, seg, lambda h: h == other, self.net.output_expect(seg, other, len(directory.peers)))
+                if theirs.inputs == version.inputs:
+                    extra += await self._differing(seg, reader, their_reader, rng)
+                    continue
+                mine = {h for h, _ in version.inputs}
+                missing = [(h, sha) for h, sha in theirs.inputs if h not in mine][:self.config.settle_ranges]
+                for peer, sha in missing:
+                    got = await self._shown_elsewhere(plan, miner, other, bucket, seg, peer, sha, rejected)
+                    if got is not None:
+                        elsewhere[peer] = got
+            except (OtherReplicaFailed, StorageError, KeyError) as e:
+                # The other replica is unreadable or invalid: that is its miner's problem, never this one's.
+                log.info("window %d segment %d: replica %s not comparable: %s", plan.window, seg.index, other[:10], e)
+        return elsewhere, extra
+
+    async def _differing(self, seg: Segment, mine: RangeReader, theirs: RangeReader,
+                         rng: random.Random) -> list[tuple[int, int]]:
+        """Up to ``settle_ranges`` element ranges (one data chunk each) where two outputs' means differ. A failure
+        to read ``theirs`` raises :class:`OtherReplicaFailed`; a failure to read ``mine`` propagates."""
+        header = await mine.open()
+        other = await _theirs(theirs.open())
+        entry = header.entries["data"]
+        if other.entries["data"] != entry:
+            return []  # another layout: the sampled ranges are all we can compare
+        per = hashtree.CHUNK_BYTES // entry.itemsize
+        whole = entry.end // hashtree.CHUNK_BYTES  # chunks holding nothing but the mean
+        ranges = []
+        if whole:
+            a = await mine.leaves(0, whole)
+            b = await _theirs(theirs.leaves(0, whole))
+            ranges = [(c * per, (c + 1) * per) for c in range(whole) if a[c] != b[c]]
+        if whole * per < seg.numel:  # the last chunk also holds the start of each miner's own proof: compare values
+            tail = (whole * per, seg.numel)
+            x = await mine.read("data", *tail)
+            y = await _theirs(theirs.read("data", *tail))
+            if not torch.equal(x, y):
+                ranges.append(tail)
+        return rng.sample(ranges, min(self.config.settle_ranges, len(ranges)))
+
+    async def _shown_elsewhere(self, plan: Plan, miner: str, other: str, bucket: Bucket, seg: Segment, peer: str,
+                               sha: str, rejected: Counter) -> tuple[str, ObjectInfo] | None:
+        """``(sha, info)`` if ``peer``'s input ``sha`` is valid and whole in ``other``'s bucket and ``peer``'s own
+        signed record says it uploaded this segment to ``miner`` as well."""
+        records = await read_records(self.net, plan.window, [peer], rejected)
+        record = records.get(peer)
+        if record is None or seg.index not in record.uploads or record.uploads[seg.index].sha256 != sha \
+                or not record.uploads[seg.index].tag_at(miner):
+            return None
+        key = record.key_at(self.net.spec.run_id, seg.index, other)
+        if key is None:
+            return None
+        try:
+            info = await bucket.store.head(bucket.name, str(key))
+        except StorageError:
+            return None
+        got = await fetch_input(self.net, plan.window, seg, bucket, InputRef(peer, str(key), info), rejected)
+        if got is None or got[0] != sha:
+            return None
+        return sha, info
 
     # -- 3. score ----------------------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from mapreduce import keys
-from mapreduce.audit import check_proof_shape, listed_inputs
+from mapreduce.audit import Wrong, check_proof_shape, listed_inputs, listed_mean, mean_digest
 from mapreduce.broadcast_record import BroadcastRecord, spec_fingerprint
 from mapreduce.codec import Expect, ObjectMeta, _signed_message, decode, encode, expected_object_bytes
 from mapreduce.errors import ProtocolError
@@ -142,11 +142,11 @@ def _input():
 
 
 def _output():
+    mean = torch.randn(NUMEL)
     meta = ObjectMeta("fuzz", 3, "out", WRITER.hotkey, 0, extra={
-        "inputs": json.dumps([[OTHER.hotkey, "f" * 64, TAG]]), "count": "1"})
+        "inputs": json.dumps([[OTHER.hotkey, "f" * 64, TAG]]), "count": "1", "mean": mean_digest(mean)})
     chunks = -(-NUMEL * 4 // (16 * 1024))
-    obj = bytes(encode(meta, {"data": torch.randn(NUMEL), "proof": torch.zeros(chunks, 1, 8, dtype=torch.uint8)},
-                       WRITER).data)
+    obj = bytes(encode(meta, {"data": mean, "proof": torch.zeros(chunks, 1, 8, dtype=torch.uint8)}, WRITER).data)
     tensors = {"data": ("F32", (NUMEL,)), "proof": ("U8", (chunks, None, 8))}
     expect = Expect(tensors, allowed=lambda h: h == WRITER.hotkey, max_abs=SPEC.max_abs_value,
                     max_bytes=1 << 20, max_header_bytes=1 << 16)
@@ -155,6 +155,8 @@ def _output():
     def read(buf: bytes) -> None:
         d = decode(buf, key, expect)
         check_proof_shape(tuple(d.tensors["proof"].shape), listed_inputs(d.meta))
+        if listed_mean(d.meta) != mean_digest(d.tensors["data"]):
+            raise Wrong("mean digest does not match the data")
     return obj, read, key, expect
 
 
