@@ -90,6 +90,7 @@ class Version:
     root: str | None = None
     mean: str | None = None
     inputs: tuple[tuple[str, str], ...] | None = None
+    why: str = ""  # why it is not valid
 
 
 @dataclass
@@ -391,8 +392,8 @@ class Validator:
             version.root, version.mean = header.sha256, mean
             version.inputs = tuple((h, s) for h, s, _ in inputs)
             version.valid = True
-        except (InvalidObject, Wrong):
-            version.valid = False
+        except (InvalidObject, Wrong) as e:
+            version.valid, version.why = False, str(e)
         except (StorageError, asyncio.TimeoutError):
             pass  # replaced already, or unreadable: unknown
 
@@ -528,7 +529,7 @@ class Validator:
             raise Late("the output there now appeared after the reduce deadline")
         version = seen[info.etag]
         if version.valid is False:
-            raise Wrong("the output seen before the deadline is not a valid output of this miner")
+            raise Wrong(f"the output seen before the deadline is not a valid output of this miner: {version.why}")
         if version.root is None:
             # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
             # endpoint can list what does not exist yet and write it once the checks are known).
