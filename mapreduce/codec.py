@@ -242,6 +242,13 @@ def _check_prefix(buf: bytes | bytearray | memoryview, size: int, max_bytes: int
     return n
 
 
+def header_end(buf: bytes | bytearray | memoryview) -> int:
+    """Where the header of an object starting with ``buf`` ends (its length prefix plus 8); call after
+    :func:`parse_header` accepted it."""
+    (n,) = struct.unpack_from("<Q", buf, 0)
+    return 8 + n
+
+
 def parse_header(prefix: bytes | bytearray | memoryview, size: int, key: str, expect: Expect) -> Header:
     """Check an object's header; ``prefix`` must hold at least its first ``8 + header_length`` bytes.
 

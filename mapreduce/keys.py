@@ -10,6 +10,7 @@ In a peer's bucket::
 
     {run}/w{window:08d}/record/{peer}                         the peer's signed record of what it uploaded where
     {run}/w{window:08d}/bcast-record/{peer}                   the peer's signed record of a broadcast it sent
+    {run}/w{window:08d}/evidence/{peer}                       miners' signed headers the peer was served and refused
 
 In a validator's bucket::
 
@@ -36,7 +37,7 @@ from .errors import KeyMismatch
 from .names import check_hotkey, check_run_id
 from .signing import Signer, verify
 
-ROLES = ("in", "out", "record", "report", "bcast", "bcast-record")
+ROLES = ("in", "out", "record", "report", "bcast", "bcast-record", "evidence")
 # Roles that belong to one segment and so carry ``s{segment}/`` in their key.
 SEGMENTED = ("in", "out", "bcast")
 # Roles others write into a miner's bucket: their keys end in the writer's tag.
@@ -44,7 +45,7 @@ TAGGED = ("in", "bcast")
 TAG_HEX = 128  # a 64-byte sr25519 signature, hex
 _TAG = re.compile(r"[0-9a-f]{128}")
 _KEY = re.compile(
-    r"(?P<run>[^/]+)/w(?P<window>[0-9]{8})/(?P<role>in|out|record|report|bcast|bcast-record)/"
+    r"(?P<run>[^/]+)/w(?P<window>[0-9]{8})/(?P<role>in|out|record|report|bcast|bcast-record|evidence)/"
     r"(?:s(?P<segment>[0-9]{5})/)?(?P<hotkey>[^/]+)(?:/(?P<tag>[^/]+))?"
 )
 
@@ -147,6 +148,11 @@ def broadcast_key(run: str, window: int, segment: int, sender: str, tag: str) ->
 def broadcast_record_key(run: str, window: int, sender: str) -> ObjectKey:
     """``sender``'s signed record of its broadcast, in its own bucket."""
     return ObjectKey(run, window, "bcast-record", sender)
+
+
+def evidence_key(run: str, window: int, peer: str) -> ObjectKey:
+    """``peer``'s signed evidence of the window: miners' output headers it was served and refused."""
+    return ObjectKey(run, window, "evidence", peer)
 
 
 # -- key tags -----------------------------------------------------------------------------------------------------

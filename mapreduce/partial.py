@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 import torch
 
 from . import hashtree
-from .codec import DTYPES, Expect, Header, check_finite, parse_header
+from .codec import DTYPES, Expect, Header, check_finite, header_end, parse_header
 from .errors import HashMismatch, Oversized, Truncated
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
@@ -37,6 +37,7 @@ class RangeReader:
         self._key = key
         self._expect = expect
         self.header: Header | None = None
+        self.header_bytes = b""  # the raw header as served (the writer's signed words: evidence if they lie)
         self.bytes_fetched = 0
         self.requests = 0
 
@@ -66,6 +67,7 @@ class RangeReader:
                 if 8 + n > len(first) and n <= self._expect.max_header_bytes and 8 + n <= self._size:
                     first += await self._get(len(first), 8 + n)
             self.header = parse_header(first, self._size, self._key, self._expect)
+            self.header_bytes = bytes(first[:header_end(first)])
         return self.header
 
     async def read(self, name: str, start: int, end: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from . import keys
 from .audit import (ReaderCache, Wrong, check_against_records, check_proof_shape, differing_ranges, impossible_stamp,
                     listed_inputs, listed_mean, mean_digest, open_listed_inputs, read_records, recompute_difference,
                     sample_ranges)
-from .codec import Encoded, Expect, ObjectMeta, check_finite, decode, encode
+from .codec import Encoded, Expect, ObjectMeta, check_finite, decode, encode, header_end
 from .directory import BucketLocation
 from .errors import Late, NotAParticipant, ProtocolError
 from .flat import flatten, unflatten
@@ -41,7 +41,7 @@ from .listing import list_capped
 from .network import Bucket, Network
 from .plan import Plan, Segment
 from .proof import proof_salt
-from .records import SegmentUpload, UploadRecord
+from .records import MAX_SERVED, Evidence, SegmentUpload, Served, UploadRecord
 from .watch import OutputWatch
 from .windows import on_time, settle_time
 from .writes import write_copies, write_own
@@ -111,6 +111,7 @@ class AllReduceResult:
     rejected: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     audits: int = 0  # outputs audited against their inputs (the rest were corroborated by another replica)
+    served: list[Served] = field(default_factory=list)  # signed headers of refused outputs: our evidence
 
     @property
     def fallbacks(self) -> list[SegmentResult]:
@@ -130,6 +131,7 @@ class Candidate:
     info: ObjectInfo
     expect: Expect
     root: str  # the signed root of the object's hash tree: the object the claim was read from
+    header: bytes  # the signed header as served
     inputs: list[tuple[str, str, str]]
     mean: str
     values: torch.Tensor | None = None
@@ -222,6 +224,15 @@ class Peer:
         if copies.failed:
             receipt.failed[seg.index] = sorted(copies.failed)
 
+    async def _write_evidence(self, window: int, served: list[Served]) -> None:
+        """Signed headers of outputs we refused, in our bucket, for validators: what a miner showed us and them."""
+        obj = Evidence(self.hotkey, window, tuple(served[:MAX_SERVED])).encode(self.net.spec, self.net.signer)
+        try:
+            bucket = await self.net.bucket(window, self.hotkey)
+            await write_own(bucket, str(keys.evidence_key(self.net.spec.run_id, window, self.hotkey)), obj.data)
+        except (StorageError, KeyError) as e:
+            log.warning("window %d: could not write our evidence: %s", window, e)
+
     async def _write_record(self, receipt: UploadReceipt) -> None:
         """The signed record of what we uploaded where: a miner cannot drop our input without a trace."""
         uploads = {s: SegmentUpload(receipt.sha256[s], tuple(receipt.tags.get(s, {}).items()))
@@ -259,6 +270,8 @@ class Peer:
                                               for s in plan.segments))
         finally:
             polling.cancel()
+        if result.served:
+            await self._write_evidence(window, result.served)
         result.segments = sorted(segments, key=lambda r: r.segment)
         result.tensors = unflatten(self.net.spec, result.flat)
         return result
@@ -410,7 +423,8 @@ class Peer:
                 header = await reader.open()
             finally:
                 result.bytes_downloaded += reader.bytes_fetched
-        c = Candidate(miner, bucket, info, expect, header.sha256, listed_inputs(header.meta), listed_mean(header.meta))
+        c = Candidate(miner, bucket, info, expect, header.sha256, reader.header_bytes, listed_inputs(header.meta),
+                      listed_mean(header.meta))
         check_proof_shape(tuple(header.entries["proof"].shape), c.inputs)
         return c
 
@@ -423,6 +437,9 @@ class Peer:
         result.bytes_downloaded += len(data)
         decoded = await asyncio.to_thread(decode, data, c.info.key, c.expect)
         if decoded.sha256 != c.root:
+            # Two outputs for one segment, both signed by the miner: proof for the validators.
+            result.served += [Served(c.miner, seg.index, c.info.size, c.header),
+                              Served(c.miner, seg.index, len(data), bytes(data[:header_end(data)]))]
             raise Wrong("served other bytes for its output than its header read showed")
         if mean_digest(decoded.tensors["data"]) != c.mean:
             raise Wrong("the mean's digest in its header does not match the mean it holds")
@@ -436,7 +453,12 @@ class Peer:
         await self._download(plan, seg, c, result)
         if audit:
             result.audits += 1
-            await self._audit(plan, seg, c, others or [], result)
+            try:
+                await self._audit(plan, seg, c, others or [], result)
+            except Wrong:
+                # Its signed header, for validators to compare with what they were shown.
+                result.served.append(Served(c.miner, seg.index, c.info.size, c.header))
+                raise
         return True
 
     async def _audit(self, plan: Plan, seg: Segment, c: "Candidate", others: list[torch.Tensor],

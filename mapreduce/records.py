@@ -105,6 +105,69 @@ class UploadRecord:
         return cls(peer, window, uploads)
 
 
+# -- peers' evidence --------------------------------------------------------------------------------------------------
+
+EVIDENCE_TENSOR = "headers"
+MAX_SERVED = 16  # headers per evidence object: one or two per refused output are enough to prove anything
+
+
+@dataclass(frozen=True)
+class Served:
+    """One output header a miner served a peer (its signed words, as served) and the size of that object."""
+
+    miner: str
+    segment: int
+    size: int
+    header: bytes
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A peer's signed evidence of one window ``{run}/w…/evidence/{peer}``: output headers miners served it that
+    it refused. A miner's signature on a header cannot be forged, so two headers of one miner for one segment
+    with different roots prove it signed two outputs; one header whose root differs from the one a validator read
+    before the deadline proves it served peers other bytes than the validator."""
+
+    peer: str
+    window: int
+    served: tuple[Served, ...]
+
+    def encode(self, spec: RunSpec, signer: Signer) -> Encoded:
+        if not 0 < len(self.served) <= MAX_SERVED:
+            raise ValueError(f"evidence holds 1 to {MAX_SERVED} headers")
+        items = [[s.miner, s.segment, s.size, len(s.header)] for s in self.served]
+        meta = ObjectMeta(spec.run_id, self.window, "evidence", self.peer, extra={"served": strictjson.dumps(items)})
+        blob = bytearray(b"".join(s.header for s in self.served))
+        return encode(meta, {EVIDENCE_TENSOR: torch.frombuffer(blob, dtype=torch.uint8)}, signer)
+
+    @staticmethod
+    def max_bytes(spec: RunSpec) -> int:
+        return expected_object_bytes({EVIDENCE_TENSOR: ("U8", (MAX_SERVED * (8 + spec.max_header_bytes),))},
+                                     header_slack=64 * 1024)
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview, spec: RunSpec, window: int, peer: str) -> "Evidence":
+        """Check downloaded evidence: the peer's signature at its key, then every item; raises InvalidObject. The
+        headers inside are only bytes here: whoever uses them checks each miner's signature itself."""
+        key = str(ObjectKey(spec.run_id, window, "evidence", peer))
+        expect = Expect({EVIDENCE_TENSOR: ("U8", (None,))}, allowed=lambda h: h == peer, max_bytes=cls.max_bytes(spec),
+                        max_header_bytes=64 * 1024)
+        decoded = decode(data, key, expect)
+        items = strictjson.loads(decoded.meta.extra.get("served", "null"), "the evidence's items")
+        blob = decoded.tensors[EVIDENCE_TENSOR].numpy().tobytes()
+        if not (isinstance(items, list) and 0 < len(items) <= MAX_SERVED and all(
+                isinstance(i, list) and len(i) == 4 and _hotkey(i[0]) and all(type(x) is int for x in i[1:])
+                and 0 <= i[1] < spec.segments and i[2] > 0 and 8 <= i[3] <= 8 + spec.max_header_bytes
+                for i in items) and sum(i[3] for i in items) == len(blob)):
+            raise MalformedHeader(f"the evidence's items are not 1 to {MAX_SERVED} [miner, segment, size, length] "
+                                  "rows covering its headers")
+        served, pos = [], 0
+        for miner, segment, size, length in items:
+            served.append(Served(miner, segment, size, blob[pos:pos + length]))
+            pos += length
+        return cls(peer, window, tuple(served))
+
+
 # -- validator reports -----------------------------------------------------------------------------------------------
 
 REPORT_TENSOR = "report"

@@ -8,9 +8,11 @@ For one sampled segment of one miner (see docs/PROTOCOL.md for the reasoning):
   miner did not do it;
 - completeness ``k = |included ∩ expected| / |expected|``, expected being the valid inputs the validator saw in the
   miner's bucket at the upload deadline;
-- latency ``l = 1 - min(1, seconds from the settle time (:func:`mapreduce.windows.settle_time`, when the inputs that
-  count are final) until the validator first saw the output / seconds from the settle time to the reduce
-  deadline)``: an output written before the settle time earns no more than one written at it;
+- latency ``l = 1 - min(1, max(0, t - latency_grace_seconds) / (seconds from the settle time to the reduce
+  deadline - latency_grace_seconds))``, ``t`` the seconds from the settle time (:func:`mapreduce.windows.settle_time`,
+  when the inputs that count are final) until the validator first saw the output: an output written before the
+  settle time (without waiting for the inputs that count) earns nothing over one an honest miner writes right
+  after it (a listing, a signature and a PUT after the settle time, within the grace);
 - ``score = c * k * (1 - latency_weight + latency_weight * l)``; a missing, late or invalid output, or one that
   includes an invalid input, scores 0, the worst.
 
@@ -36,6 +38,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class ScoringConfig:
     ema_alpha: float = 0.3
+    # Outputs first seen within this many seconds after the settle time all earn full latency credit.
+    latency_grace_seconds: float = 1.0
     latency_weight: float = 0.25
     # Set weights on chain every this many windows.
     weights_every: int = 5
@@ -67,7 +71,9 @@ def segment_score(check: SegmentCheck, cfg: ScoringConfig, reduce_seconds: float
         return 0.0
     correctness = 1.0 if check.difference == 0.0 else 0.0
     completeness = check.included_expected / check.expected if check.expected else 1.0
-    lateness = 1.0 if check.latency is None else min(1.0, max(0.0, check.latency) / max(reduce_seconds, 1e-9))
+    grace = cfg.latency_grace_seconds
+    lateness = 1.0 if check.latency is None else min(
+        1.0, max(0.0, check.latency - grace) / max(reduce_seconds - grace, 1e-9))
     return correctness * completeness * (1.0 - cfg.latency_weight + cfg.latency_weight * (1.0 - lateness))
 
 

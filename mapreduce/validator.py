@@ -39,6 +39,7 @@ from storage import ListingTooLong, NotFound, ObjectInfo, PreconditionFailed, St
 from . import hashtree, keys
 from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, listed_mean,
                     open_listed_inputs, read_records, recompute_difference, sample_ranges)
+from .codec import parse_header
 from .errors import InvalidObject, Late
 from .hosting import HostingConfig, check_hosting, hosting_lines
 from .inputs import InputRef, counted, fetch_input
@@ -49,7 +50,7 @@ from .observers import Observers
 from .partial import RangeReader
 from .plan import Plan, Segment
 from .proof import proof_salt
-from .records import encode_report
+from .records import Evidence, encode_report
 from .scoring import HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segment_score, window_scores
 from .windows import settle_time
 from .writes import write_own
@@ -67,6 +68,8 @@ class ValidatorConfig:
     # Where a checked output differs from another replica's, at most this many of the differing ranges (one data
     # chunk each), or of the inputs one lists and the other not, are looked into.
     settle_ranges: int = 4
+    # Peers whose evidence (signed output headers they were served and refused) we read each window, at random.
+    evidence_peers: int = 8
     # Seconds one (miner, segment) check may take; a miner whose endpoint is slower loses that check.
     check_timeout: float = 60.0
     # Seconds one listing of one miner's bucket may take while observing.
@@ -91,6 +94,7 @@ class Version:
     mean: str | None = None
     inputs: tuple[tuple[str, str], ...] | None = None
     why: str = ""  # why it is not valid
+    read_at: float | None = None  # when we had read and verified its header (our clock)
 
 
 @dataclass
@@ -241,6 +245,7 @@ class Validator:
         rejected.update(observation.rejected)
         hosting = await check_hosting(self.net, window, self.config.hosting, self.config.scoring, rejected)
         await self.recheck_overwrites(plan, observation, checks)
+        await self.read_evidence(plan, observation, checks, rng, rejected)
         return await self.score(plan, checks, fetched, checked_bytes, rejected, hosting)
 
     async def recheck_overwrites(self, plan: Plan, obs: Observation, checks: list[SegmentCheck]) -> None:
@@ -256,6 +261,59 @@ class Validator:
             if c.status == "ok" and checked is not None and now is not None and now[0] != checked:
                 c.status, c.reason = "wrong", "output was overwritten after the reduce deadline"
                 c.score = 0.0
+
+    async def read_evidence(self, plan: Plan, obs: Observation, checks: list[SegmentCheck], rng: random.Random,
+                            rejected: Counter) -> None:
+        """Read the evidence of a few peers chosen at random (:class:`~mapreduce.records.Evidence`). A miner that
+        signed two different outputs for one segment, or served a peer an output other than the one we pinned,
+        gets 0 on every check of the window: it showed us one thing and peers another."""
+        directory = await self.net.directory(plan.window)
+        peers = rng.sample(list(directory.peers), min(self.config.evidence_peers, len(directory.peers)))
+        cap = Evidence.max_bytes(self.net.spec)
+
+        async def one(peer: str) -> Evidence | None:
+            key = str(keys.evidence_key(self.net.spec.run_id, plan.window, peer))
+            try:
+                bucket = await self.net.bucket(plan.window, peer)
+                data = await asyncio.wait_for(bucket.store.get(bucket.name, key, max_bytes=cap),
+                                              self.config.list_timeout)
+                return await asyncio.to_thread(Evidence.decode, data, self.net.spec, plan.window, peer)
+            except InvalidObject as e:
+                rejected[e.reason] += 1
+            except (StorageError, KeyError, asyncio.TimeoutError):
+                pass  # none (the usual case), or unreadable: nothing to learn
+            return None
+
+        convicted: dict[str, str] = {}
+        for peer, evidence in zip(peers, await asyncio.gather(*(one(p) for p in peers))):
+            roots: dict[tuple[str, int], set[str]] = {}
+            for served in evidence.served if evidence else ():
+                if served.miner not in plan.miners or served.segment not in {
+                        s.index for s in plan.segments_for(served.miner)}:
+                    rejected["bad_evidence"] += 1
+                    continue
+                seg = plan.segments[served.segment]
+                key = str(keys.output_key(self.net.spec.run_id, plan.window, served.segment, served.miner))
+                try:
+                    header = parse_header(served.header, served.size, key, self.net.output_expect(
+                        seg, served.miner, len(directory.peers)))
+                except InvalidObject:
+                    rejected["bad_evidence"] += 1  # not the miner's signed words: proves nothing
+                    continue
+                roots.setdefault((served.miner, served.segment), set()).add(header.sha256)
+            for (miner, segment), seen in roots.items():
+                pinned = obs.pinned((miner, segment))
+                if len(seen) > 1 or (pinned is not None and pinned.root not in seen):
+                    convicted[miner] = (f"signed another output for segment {segment} than the one it showed us "
+                                        f"(evidence of peer {peer[:10]})")
+        for miner, why in convicted.items():
+            rejected["equivocation"] += 1
+            mine = [c for c in checks if c.miner == miner]
+            if not mine:
+                mine = [SegmentCheck(miner, -1, "wrong")]
+                checks.extend(mine)
+            for c in mine:
+                c.status, c.reason, c.score = "wrong", why, 0.0
 
     # -- 1. observe --------------------------------------------------------------------------------------------------
 
@@ -391,7 +449,7 @@ class Validator:
             check_proof_shape(header.entries["proof"].shape, inputs)
             version.root, version.mean = header.sha256, mean
             version.inputs = tuple((h, s) for h, s, _ in inputs)
-            version.valid = True
+            version.valid, version.read_at = True, time.time()
         except (InvalidObject, Wrong) as e:
             version.valid, version.why = False, str(e)
         except (StorageError, asyncio.TimeoutError):
@@ -530,9 +588,10 @@ class Validator:
         version = seen[info.etag]
         if version.valid is False:
             raise Wrong(f"the output seen before the deadline is not a valid output of this miner: {version.why}")
-        if version.root is None:
+        if version.root is None or version.read_at is None \
+                or version.read_at > obs.reduce_deadline_time + self.net.spec.windows.clock_skew_seconds:
             # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
-            # endpoint can list what does not exist yet and write it once the checks are known).
+            # endpoint can list what does not exist yet, hold our reads, and write it once the checks are known).
             raise Late("its output could not be read before the reduce deadline")
         check.latency = version.first_seen - obs.settle_time
         obs.checked[(miner, seg.index)] = info.etag
@@ -580,6 +639,7 @@ class Validator:
         check.included_expected = sum(expected[h][0] == s for h, s in listed.items() if h in expected)
         reasons = []
         if check.difference > 0:
+            check.status = "wrong"  # honest reduction is exact: any difference at all is not the reduction
             reasons.append("output differs from the recomputed mean")
         if check.included_expected < check.expected:
             missing = sorted(set(expected) - set(listed))
