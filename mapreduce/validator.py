@@ -343,14 +343,18 @@ class Validator:
         obs.settle_time = settle_time(obs.upload_deadline_time, skew)
         headers: list[asyncio.Task] = []
 
-        async def watch() -> None:
+        async def watch(miner: str) -> None:
+            # One loop per miner: an endpoint that stalls its listings delays only when we see its own outputs;
+            # one whose listings fail is polled less and less often (up to every 2 s) until they work again.
+            interval = self.config.poll_interval
             while True:
                 past = await self.net.block() >= phases.reduce_deadline
-                await asyncio.gather(*(self._poll_outputs(plan, m, obs, headers) for m in miners))
+                ok = await self._poll_outputs(plan, miner, obs, headers)
                 if past:
                     return
-                await asyncio.sleep(self.config.poll_interval)
-        watcher = asyncio.create_task(watch())
+                interval = self.config.poll_interval if ok else min(2.0, 2 * interval)
+                await asyncio.sleep(interval)
+        watcher = asyncio.gather(*(watch(m) for m in miners))
         await asyncio.gather(*(self._list_inputs(plan, m, obs, at_deadline=False) for m in miners))
         await watcher
         await asyncio.gather(*headers, return_exceptions=True)
@@ -397,7 +401,7 @@ class Validator:
         return time.time()
 
     async def _poll_outputs(self, plan: Plan, miner: str, obs: Observation, headers: list[asyncio.Task] | None
-                            ) -> None:
+                            ) -> bool:
         """Note every version of the miner's outputs we see, with the time we first saw it (our clock); with
         ``headers``, start reading each new version's header (is it a valid output of the miner's?)."""
         now = time.time()
@@ -420,7 +424,7 @@ class Validator:
             bucket, listing = await asyncio.wait_for(outputs(), self.config.list_timeout)
         except (StorageError, KeyError, asyncio.TimeoutError) as e:
             log.info("window %d: cannot list miner %s's outputs: %s", window, miner[:10], str(e) or "timed out")
-            return
+            return False
         obs.reachable.add(miner)
         mine = {s.index for s in segments}
         for info in listing:
@@ -436,24 +440,33 @@ class Validator:
                 version = versions[info.etag] = Version(now, info)
                 if headers is not None and (obs.watched is None or slot in obs.watched):
                     headers.append(asyncio.create_task(self._read_version(plan, bucket, info, version)))
+        return True
 
     async def _read_version(self, plan: Plan, bucket: Bucket, info: ObjectInfo, version: Version) -> None:
         k = ObjectKey.parse(info.key)
         seg = plan.segments[k.segment]
         directory = await self.net.directory(plan.window)
-        reader = ReaderCache(self.net, bucket).reader(info, seg, lambda h: h == k.hotkey,
-                                                      self.net.output_expect(seg, k.hotkey, len(directory.peers)))
-        try:
-            header = await asyncio.wait_for(reader.open(), self.config.list_timeout)
-            inputs, mean = listed_inputs(header.meta), listed_mean(header.meta)
-            check_proof_shape(header.entries["proof"].shape, inputs)
-            version.root, version.mean = header.sha256, mean
-            version.inputs = tuple((h, s) for h, s, _ in inputs)
-            version.valid, version.read_at = True, time.time()
-        except (InvalidObject, Wrong) as e:
-            version.valid, version.why = False, str(e)
-        except (StorageError, asyncio.TimeoutError):
-            pass  # replaced already, or unreadable: unknown
+        expect = self.net.output_expect(seg, k.hotkey, len(directory.peers))
+        deadline = self.net.phases(plan.window).reduce_deadline
+        while True:  # until it is read, or the deadline passes: only a header read before the deadline counts
+            reader = ReaderCache(self.net, bucket).reader(info, seg, lambda h: h == k.hotkey, expect)
+            try:
+                header = await asyncio.wait_for(reader.open(), self.config.list_timeout)
+                inputs, mean = listed_inputs(header.meta), listed_mean(header.meta)
+                check_proof_shape(header.entries["proof"].shape, inputs)
+                version.root, version.mean = header.sha256, mean
+                version.inputs = tuple((h, s) for h, s, _ in inputs)
+                version.valid, version.read_at = True, time.time()
+                return
+            except (InvalidObject, Wrong) as e:
+                version.valid, version.why = False, str(e)
+                return
+            except (StorageError, asyncio.TimeoutError) as e:  # replaced already, or unreadable for now
+                log.debug("window %d: header of %s unreadable for now: %s", plan.window, info.key,
+                          str(e) or "timed out")
+                if await self.net.block() >= deadline:
+                    return
+                await asyncio.sleep(self.config.poll_interval)
 
     # -- 2. check ----------------------------------------------------------------------------------------------------
 
@@ -592,7 +605,9 @@ class Validator:
                 or version.read_at > obs.reduce_deadline_time + self.net.spec.windows.clock_skew_seconds:
             # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
             # endpoint can list what does not exist yet, hold our reads, and write it once the checks are known).
-            raise Late("its output could not be read before the reduce deadline")
+            raise Late("its output could not be read before the reduce deadline"
+                       + (f" (read {version.read_at - obs.reduce_deadline_time:.1f}s after it)" if version.read_at
+                          else ""))
         check.latency = version.first_seen - obs.settle_time
         obs.checked[(miner, seg.index)] = info.etag
         if impossible_stamp(info, self.net.spec.windows.clock_skew_seconds):

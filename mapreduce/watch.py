@@ -46,6 +46,8 @@ class OutputWatch:
         self.closed = False
         self.rounds = 0
         self._round = asyncio.Event()
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
 
     def want(self, miner: str, segment: int) -> None:
         self.wanted.setdefault(miner, set()).add(segment)
@@ -69,8 +71,11 @@ class OutputWatch:
         try:
             while True:
                 past = await self.net.block() >= deadline
+                now = asyncio.get_running_loop().time()
                 miners = [m for m, segments in self.wanted.items() if segments]
-                news = await asyncio.gather(*(self._poll(m, past) for m in miners))
+                # A miner whose listings fail is asked less and less often (its own backoff), except at the end.
+                due = [m for m in miners if past or self._retry_at.get(m, 0.0) <= now]
+                news = await asyncio.gather(*(self._poll(m, past) for m in due))
                 self.rounds += 1
                 if past or not miners:
                     return
@@ -90,12 +95,16 @@ class OutputWatch:
         try:
             listing = await asyncio.wait_for(self._list(miner), self.timeout)
         except (StorageError, KeyError, asyncio.TimeoutError) as e:
+            failures = self._failures[miner] = self._failures.get(miner, 0) + 1
+            self._retry_at[miner] = asyncio.get_running_loop().time() + min(
+                self.max_poll_interval * 2, self.poll_interval * 2 ** failures)
             if past_deadline:
                 self.unreachable.add(miner)
                 self.rejected["unreachable"] += 1
                 log.warning("window %d: miner %s unreachable: %s", self.plan.window, miner[:10],
                             str(e) or "timed out")
             return False
+        self._failures.pop(miner, None)
         mine = {s.index for s in self.plan.segments_for(miner)}
         news = False
         for info in listing:

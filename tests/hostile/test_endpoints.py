@@ -26,7 +26,7 @@ from tests.support.hostile_front import HostileFront
 
 from .test_framing import fp32_bound
 
-BLOCK = 0.3
+BLOCK = 0.5  # 0.3 s blocks leave the in-process roles too little CPU beside a front flooding listings
 CASES = {
     # case: what the front does (or what the miner commits), the reason the validator gives
     "malformed_endpoint": "a commitment whose endpoint no client can use ('http://[::1')",
@@ -98,7 +98,7 @@ async def test_a_hostile_endpoint_costs_only_its_owner(cluster_factory, embedded
         reasons = sorted({ch.reason for ch in report.checks if ch.miner == bad})
         outcome = "peers use the other replicas; the validator scores the miner 0 within its time bounds"
         reason = reasons[0][:90]
-    assert all(report.scores[m.net.hotkey] > 0.5 for m in honest), report.scores
+    assert all(report.scores[m.net.hotkey] > 0.5 for m in honest), report.table()
     received = vnet.pool.stats.snapshot().bytes_received
     assert received < 4 << 20, f"the validator downloaded {received} bytes"
     hostile(f"endpoint: {case.replace('_', ' ')}", f"a miner's own S3 front: {CASES[case]}",
