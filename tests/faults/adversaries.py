@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import random
+import time
 from collections import Counter
 
 import torch
 
 from mapreduce import keys
 from mapreduce.codec import ObjectMeta, decode, encode
+from mapreduce.errors import InvalidObject
 from mapreduce.inputs import fetch_input, list_inputs
+from mapreduce.keys import ObjectKey
 from mapreduce.miner import Miner, Produced
 from mapreduce.network import Bucket
 from mapreduce.plan import Segment
@@ -18,18 +23,79 @@ from mapreduce.reduce import Accumulator
 from storage import NotFound
 
 
-class AdversarialMiner(Miner):
-    """``behaviour`` is one of :data:`MINER_BEHAVIOURS`."""
+def one_element(mean: torch.Tensor, window: int, segment: int, by: float = 100.0) -> torch.Tensor:
+    """``mean`` with one element (at an index drawn from the window and segment) moved by ``by``."""
+    out = mean.clone()
+    at = random.Random(f"one_element|{window}|{segment}").randrange(out.numel())
+    out[at] += by
+    return out
 
-    def __init__(self, *args, behaviour: str, victim_hotkeys: list[str] | None = None, **kw):
+
+def relative_noise(mean: torch.Tensor, window: int, segment: int, scale: float = 1e-4) -> torch.Tensor:
+    """``mean * (1 + scale * z)``, z standard normal: a normalised difference of about ``scale``."""
+    g = torch.Generator().manual_seed(hash((window, segment)) & 0xFFFFFFFF)
+    z = torch.randn(mean.shape, generator=g)
+    return (mean.float() * (1 + scale * z)).to(mean.dtype)
+
+
+class _Capture:
+    """A store that keeps what is put into it: how an adversary gets the exact bytes :meth:`Miner.publish` would
+    write (every field the honest miner signs, whatever the codec's version) without writing them."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, bucket: str, key: str, data, **_) -> None:
+        self.objects[key] = bytes(data)
+
+
+class AdversarialMiner(Miner):
+    """``behaviour`` is one of :data:`MINER_BEHAVIOURS` or :data:`VERIFICATION_BEHAVIOURS`.
+
+    ``eager``: the corrupting behaviours start from the reduction of what is listed at the upload deadline and
+    write at once (as ``early_writer`` does), so that their output is the first one peers find; without it they
+    start from :meth:`Miner.produce`, on the honest miner's schedule. ``front``: the :class:`HostileFront` this
+    miner published as its endpoint (``equivocates`` and ``lying_listing`` need it)."""
+
+    def __init__(self, *args, behaviour: str, victim_hotkeys: list[str] | None = None, front=None,
+                 eager: bool = False, **kw):
         super().__init__(*args, **kw)
         self.behaviour = behaviour
         self.victims = victim_hotkeys or []  # honest miners a copier copies from; peers an omitter leaves out
         self.overwrites: list[asyncio.Task] = []
+        self.front = front
+        self.eager = eager
+        self.later: list[asyncio.Task] = []  # writes after the reduce deadline; run_window waits for them
+        self.deleted: list[tuple[str, float]] = []  # deletes_input: (key, unix time) of each input it deleted
+        self.written_late: dict[str, float] = {}  # lying_listing: output key -> when the real object was written
+        self.aside: dict[str, bytes] = {}  # equivocates: output key -> the signed corrupted object downloaders get
+
+    async def run_window(self, window: int):
+        deleter = (asyncio.create_task(self._delete_victims(window)) if self.behaviour == "deletes_input"
+                   else None)
+        try:
+            report = await super().run_window(window)
+        finally:
+            if deleter is not None:
+                deleter.cancel()
+                await asyncio.gather(deleter, return_exceptions=True)
+        if self.later:
+            await asyncio.gather(*self.later)
+        return report
 
     async def produce(self, window: int, seg: Segment, bucket: Bucket, deadline: float,
                       rejected: Counter) -> Produced | None:
         b = self.behaviour
+        if b == "early_writer":  # the honest reduction of what is there at the upload deadline, written at once
+            return await self._reduce(window, seg, bucket, deadline, rejected)
+        if b in ("one_element", "noise_1e-4", "equivocates", "deletes_input", "lying_listing"):
+            produced = await (self._reduce(window, seg, bucket, deadline, rejected) if self.eager
+                              else super().produce(window, seg, bucket, deadline, rejected))
+            if produced is not None and b == "one_element":
+                produced.mean = one_element(produced.mean, window, seg.index)
+            elif produced is not None and b == "noise_1e-4":
+                produced.mean = relative_noise(produced.mean, window, seg.index)
+            return produced
         if b == "copies":
             return await self._copy(window, seg)
         if b == "omits_one_peer":
@@ -51,6 +117,23 @@ class AdversarialMiner(Miner):
 
     async def publish(self, window: int, seg: Segment, bucket: Bucket, produced: Produced,
                       write_once: bool = True, is_ours=None) -> str:
+        key = str(keys.output_key(self.net.spec.run_id, window, seg.index, self.net.hotkey))
+        if self.behaviour == "equivocates":
+            # Downloaders get a corrupted output, signed like any other; checkers get the honest one, stored.
+            bad = Produced(one_element(produced.mean, window, seg.index), produced.inputs, produced.proof)
+            self.aside[key] = await self.encoded(window, seg, bad)
+            self.front.equivocate(self.aside[key], where=f"/{bucket.name}/{key}")
+        if self.behaviour == "lying_listing":
+            # Listed now, with an early time and an ETag of our choosing; written once the sampling seed exists.
+            data = await self.encoded(window, seg, produced)
+            etag = hashlib.md5(b"phantom|" + key.encode()).hexdigest()
+            # Readers of the key are held until it exists (a server is free to be slow): none sees a 404.
+            block = await self.net.block()
+            left = self.net.phases(window).reduce_deadline - block
+            hold = left * await self.net.block_seconds(block) + 5.0
+            self.front.phantom(bucket.name, key, etag=etag, last_modified=time.time(), size=len(data), hold=hold)
+            self.later.append(asyncio.create_task(self._write_after_deadline(window, bucket, key, data)))
+            return "written"
         if self.behaviour == "late":
             # the miner stops work at the reduce deadline; a late miner's write lands after it anyway
             self.overwrites.append(asyncio.create_task(self._publish_late(window, seg, bucket, produced)))
@@ -59,6 +142,37 @@ class AdversarialMiner(Miner):
         if self.behaviour == "overwrites_after_deadline":
             self.overwrites.append(asyncio.create_task(self._overwrite_later(window, seg, bucket, produced)))
         return status
+
+    async def encoded(self, window: int, seg: Segment, produced: Produced) -> bytes:
+        """The bytes :meth:`Miner.publish` would write for ``produced``, signed by us, without writing them."""
+        capture = _Capture()
+        await super().publish(window, seg, Bucket(capture, "capture", self.net.hotkey), produced, write_once=False)
+        (data,) = capture.objects.values()
+        return data
+
+    async def _write_after_deadline(self, window: int, bucket: Bucket, key: str, data: bytes) -> None:
+        await self.net.wait_for_block(self.net.phases(window).reduce_deadline)  # its hash, the seed, now exists
+        await bucket.store.put(bucket.name, key, data)
+        self.written_late[key] = time.time()
+
+    async def _delete_victims(self, window: int) -> None:
+        """Through the upload phase, delete the victims' inputs from our own bucket as soon as they land."""
+        phases = self.net.phases(window)
+        await self.net.wait_for_block(phases.start_block)
+        bucket = await self.net.bucket(window, self.net.hotkey)
+        prefix = keys.role_prefix(self.net.spec.run_id, window, "in")
+        gone: set[str] = set()
+        while await self.net.block() < phases.upload_deadline:
+            for info in await bucket.store.list(bucket.name, prefix):
+                try:
+                    writer = ObjectKey.parse(info.key).hotkey
+                except (InvalidObject, ValueError):
+                    continue
+                if info.key not in gone and writer in self.victims:
+                    await bucket.store.delete(bucket.name, info.key)
+                    gone.add(info.key)
+                    self.deleted.append((info.key, time.time()))
+            await asyncio.sleep(0.02)
 
     async def _publish_late(self, window, seg, bucket, produced) -> None:
         await self.net.wait_for_block(self.net.phases(window).reduce_deadline + 1)
@@ -136,3 +250,8 @@ class AdversarialMiner(Miner):
 
 MINER_BEHAVIOURS = ["zeros", "noise", "omits_one_peer", "copies", "late", "nan", "forges_input",
                     "overwrites_after_deadline"]
+# Subtler cheats, pinned by tests/hostile/test_verification.py: one wrong element, noise within a bound,
+# different bytes for downloaders and checkers, a deleted input, an output listed before it exists, an output
+# written before the settle time.
+VERIFICATION_BEHAVIOURS = ["one_element", "noise_1e-4", "equivocates", "deletes_input", "lying_listing",
+                           "early_writer"]

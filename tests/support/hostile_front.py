@@ -10,6 +10,11 @@ served: the upstream's answer is buffered whole (test objects are small), rewrit
 Each behaviour applies to requests whose path (``/bucket/key``, unquoted) contains ``where`` ("" = every request);
 the listing rewrites (`listing_size`, `last_modified`, `missing_fields`) apply to the listed entries whose
 ``/bucket/key`` contains it. `clear` switches every behaviour off. ``requests`` records what reached the front.
+
+Two behaviours make the front *consistent* liars rather than broken ones, as a miner that wants to pass checks
+would run it: `equivocate` shows downloaders (whole-object GETs) other bytes than checkers (ranged GETs and
+HEADs), and `phantom` lists an object, with an ETag and a time of its choosing, before the object exists, then
+passes the object written later off as the one listed.
 """
 
 from __future__ import annotations
@@ -41,6 +46,20 @@ class Seen:
     path: str
     query: str
     headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Phantom:
+    bucket: str
+    key: str
+    etag: str
+    last_modified: float
+    size: int
+    hold: float
+
+
+# Conditional headers a `phantom` answers for itself: the ETag it lists is its own invention, unknown upstream.
+_CONDITIONAL = frozenset({"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"})
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,25 @@ class HostileFront(FaultProxy):
         """Listed entries without Size and ETag; object answers (HEAD, GET, PUT, UploadPart) without an ETag."""
         self._add("missing_fields", where)
 
+    def equivocate(self, body: bytes, *, where: str) -> None:
+        """Whole-object GETs (no Range header: what a downloader does) of matching objects answered with ``body``
+        in place of the stored object; ranged GETs and HEADs (what a checker reading a few KiB does) get the stored
+        object. Only when the object exists upstream (a 2xx answer); its headers, ETag included, are kept, so a
+        conditional GET on the listed ETag gets ``body`` too."""
+        self._add("equivocate", where, bytes(body))
+
+    def phantom(self, bucket: str, key: str, *, etag: str, last_modified: float, size: int,
+                hold: float = 0.0) -> None:
+        """``key`` listed before it exists: listings of ``bucket`` whose prefix covers it show an entry with this
+        ``etag`` (hex, unquoted), ``last_modified`` (unix time) and ``size`` while the upstream has no such object.
+        Once the object is written upstream, every listing entry and HEAD/GET answer for it carries ``etag`` and
+        ``last_modified`` instead of the real ones (its real size is kept), and the conditional headers of requests
+        for it (If-Match...) are dropped on the way up: the object written late passes for the one listed early.
+        ``hold`` > 0: a HEAD/GET for the key while it is absent upstream waits for it (asking again every 50 ms)
+        for up to ``hold`` seconds, instead of answering 404 at once."""
+        self._add("phantom", f"/{bucket}/{key}", _Phantom(bucket, key, etag, float(last_modified), int(size),
+                                                         float(hold)))
+
     # -- serving ---------------------------------------------------------------------------------------------------
 
     async def _serve(self, req: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -172,7 +210,15 @@ class HostileFront(FaultProxy):
             body = self._endless_page(path.strip("/"), query, *kinds["endless_listing"])
             status, headers = "HTTP/1.1 200 OK", [("Content-Type", "application/xml")]
         else:
-            status, headers, body = await self._fetch(req)
+            phantom = kinds.get("phantom") if is_object and req.method in ("GET", "HEAD") else None
+            drop = _CONDITIONAL if phantom else frozenset()
+            status, headers, body = await self._fetch(req, drop)
+            if phantom is not None and phantom.hold > 0:
+                loop = asyncio.get_running_loop()
+                give_up = loop.time() + phantom.hold
+                while status.split(" ")[1] == "404" and loop.time() < give_up:
+                    await asyncio.sleep(0.05)
+                    status, headers, body = await self._fetch(req, drop)
         ok = status.split(" ")[1].startswith("2")
 
         if listing and ok:
@@ -181,6 +227,13 @@ class HostileFront(FaultProxy):
             headers = _without(headers, "last-modified") + [("Last-Modified", _http_date(kinds["last_modified"]))]
         if is_object and ok and "missing_fields" in kinds:
             headers = _without(headers, "etag")
+        if is_object and ok and req.method in ("GET", "HEAD") and "phantom" in kinds:
+            phantom = kinds["phantom"]
+            headers = (_without(_without(headers, "etag"), "last-modified")
+                       + [("ETag", f'"{phantom.etag}"'), ("Last-Modified", _http_date(phantom.last_modified))])
+        if (is_object and ok and req.method == "GET" and "equivocate" in kinds
+                and not _header(req.headers, "range")):
+            body = kinds["equivocate"]
         if "malformed_xml" in kinds:
             size = kinds["malformed_xml"]
             status, body = "HTTP/1.1 200 OK", (_GARBAGE * (size // len(_GARBAGE) + 1))[:size]
@@ -211,11 +264,12 @@ class HostileFront(FaultProxy):
         await writer.drain()
         return False
 
-    async def _fetch(self, req: Any) -> tuple[str, list[tuple[str, str]], bytes]:
-        """The upstream's whole answer: status line, headers, de-chunked body."""
+    async def _fetch(self, req: Any, drop: frozenset[str] = frozenset()) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The upstream's whole answer: status line, headers, de-chunked body. ``drop``: request headers (lower-case
+        names) not sent up."""
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         try:
-            headers = [(k, v) for k, v in req.headers if k.lower() not in _HOP_BY_HOP]
+            headers = [(k, v) for k, v in req.headers if k.lower() not in _HOP_BY_HOP and k.lower() not in drop]
             head = f"{req.method} {req.target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
             up_writer.write((head + "Connection: close\r\n\r\n").encode("latin-1") + req.body)
             await up_writer.drain()
@@ -269,6 +323,46 @@ class HostileFront(FaultProxy):
                     text = _set_field(text, "LastModified", _iso(rule.value))
                 elif rule.kind == "missing_fields":
                     text = _drop_field(_drop_field(text, "Size"), "ETag")
+                elif rule.kind == "phantom" and path == rule.where:
+                    text = _set_field(text, "ETag", f'"{rule.value.etag}"')
+                    text = _set_field(text, "LastModified", _iso(rule.value.last_modified))
             return f"<Contents>{text}</Contents>"
 
-        return _CONTENTS.sub(entry, body.decode()).encode()
+        xml = _CONTENTS.sub(entry, body.decode())
+        for rule in rules:
+            if rule.kind == "phantom" and rule.value.bucket == bucket:
+                xml = self._insert_phantom(xml, rule.value, query, encoded)
+        return xml.encode()
+
+    @staticmethod
+    def _insert_phantom(xml: str, phantom: _Phantom, query: dict[str, list[str]], encoded: bool) -> str:
+        """``xml`` (a listing page) with an entry for ``phantom`` in key order, if the page covers its key and does
+        not list it already (then it exists upstream and was rewritten above)."""
+        prefix = query.get("prefix", [""])[0]
+        after = query.get("start-after", [""])[0]
+        if not phantom.key.startswith(prefix) or (after and phantom.key <= after):
+            return xml
+        found = [(m, html.unescape(k.group(1))) for m in _CONTENTS.finditer(xml)
+                 if (k := re.search(r"<Key>(.*?)</Key>", m.group(1), re.S))]
+        listed = [(m, unquote(k) if encoded else k) for m, k in found]
+        if any(k == phantom.key for _, k in listed):
+            return xml
+        truncated = "<IsTruncated>true</IsTruncated>" in xml
+        if listed and truncated and phantom.key > listed[-1][1]:
+            return xml  # on a later page
+        if listed and query.get("continuation-token") and phantom.key < listed[0][1]:
+            return xml  # on an earlier page
+        shown = quote(phantom.key) if encoded else phantom.key
+        new = (f"<Contents><Key>{html.escape(shown)}</Key><LastModified>{_iso(phantom.last_modified)}"
+               f"</LastModified><ETag>&quot;{phantom.etag}&quot;</ETag><Size>{phantom.size}</Size>"
+               "<StorageClass>STANDARD</StorageClass></Contents>")
+        later = [m for m, k in listed if k > phantom.key]
+        if later:
+            at = later[0].start()
+        elif listed:
+            at = listed[-1][0].end()
+        else:
+            at = xml.rindex("</ListBucketResult>")
+        xml = xml[:at] + new + xml[at:]
+        return re.sub(r"<KeyCount>(\d+)</KeyCount>", lambda m: f"<KeyCount>{int(m.group(1)) + 1}</KeyCount>", xml,
+                      count=1)
