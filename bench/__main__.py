@@ -13,6 +13,10 @@ On the embedded S3 server (moto, subprocess, 127.0.0.1), in this order:
 5. the peak RSS of one miner process with P = 4, 16, 32 inputs of a 64 MiB segment.
 
 ``--quick`` runs the same on a quarter of the data (16 MiB segments for the RSS runs) with one repetition.
+
+The other benchmarks run on their own: ``python -m bench.storage`` (the storage layer against plain boto3, and the
+codec) and ``python -m bench.scale`` (requests and bytes per role and window at scale, against the formulas of
+docs/SCALING.md; ``--extrapolate`` for the projection to a large run).
 """
 from __future__ import annotations
 

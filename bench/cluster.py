@@ -1,23 +1,26 @@
-"""A benchmark network in one process: the embedded S3 server, a `SteppedChain`, real keys and real roles.
+"""A benchmark network in one process: the embedded S3 server (or the in-memory one), a `SteppedChain`, real keys
+and real roles.
 
 Like ``tests/support/cluster.py``, but outside pytest and with one `StorePool` (one HTTP connection pool) per
-participant, as on separate machines. Every pool counts its bytes, so a benchmark can add up what was moved.
+participant, as on separate machines. Every pool counts its bytes and requests, so a benchmark can add up what was
+moved, and by whom.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mapreduce.directory import BucketLocation
 from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET
 from mapreduce.miner import Miner, MinerConfig
-from mapreduce.network import Network, StorePool
+from mapreduce.network import Network, StoreFactory, StorePool
 from mapreduce.peer import Peer, PeerConfig
 from mapreduce.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.windows import WindowConfig
-from storage import EmbeddedS3, TransferConfig
+from storage import EmbeddedS3, MemoryS3, TransferConfig, TransferStats
 
 from .chain import SteppedChain
 
@@ -53,9 +56,14 @@ class BenchCluster:
     nets: dict[str, list[Network]] = field(default_factory=dict)
 
     @classmethod
-    async def create(cls, s3: EmbeddedS3, spec: RunSpec, workdir: Path, *, peers: int, miners: int,
-                     validators: int = 1, transfer: TransferConfig | None = None) -> "BenchCluster":
-        """Register everyone, create and commit their buckets; the chain stays at block 0 until stepped."""
+    async def create(cls, s3: EmbeddedS3 | MemoryS3, spec: RunSpec, workdir: Path, *, peers: int, miners: int,
+                     validators: int = 1, transfer: TransferConfig | None = None,
+                     store_factory: StoreFactory | None = None, stats: Callable[[], TransferStats] | None = None,
+                     chain_poll: float | None = None) -> "BenchCluster":
+        """Register everyone, create and commit their buckets; the chain stays at block 0 until stepped.
+
+        ``store_factory``: the pools' transport (``MemoryS3.store`` for the in-memory server; default HTTP);
+        ``stats``: makes each participant's counters; ``chain_poll``: how often waiting roles read the block."""
         workdir.mkdir(parents=True, exist_ok=True)
         chain = SteppedChain.create(workdir / f"{spec.run_id}.sqlite", netuid=1)
         signers = {role: [Signer.from_uri(f"//{spec.run_id}/{role}/{i}") for i in range(n)]
@@ -68,7 +76,9 @@ class BenchCluster:
         for role, group in signers.items():
             c.nets[role] = []
             for i, s in enumerate(group):
-                net = Network(spec, chain, s, StorePool(s3.config(), c.transfer), chain_poll=chain.poll_interval)
+                pool = StorePool(s3.config(), c.transfer, store_factory=store_factory,
+                                 stats=stats() if stats is not None else None)
+                net = Network(spec, chain, s, pool, chain_poll=chain_poll or chain.poll_interval)
                 loc = BucketLocation(_ROLES[role], c.bucket_of(role, i), s3.endpoint_url, PUBLIC_KEY_ID, PUBLIC_SECRET)
                 await (await net.pool.own_store()).create_bucket(loc.bucket)
                 await net.commit(loc)

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, replace
-from typing import Awaitable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
 
@@ -33,20 +33,34 @@ WIRE_CODES = {"float32": "F32", "bfloat16": "BF16"}
 T = TypeVar("T")
 
 
+StoreFactory = Callable[[S3Config, TransferConfig, RetryConfig, TransferStats], ObjectStore]
+"""Makes the (unopened) store for one endpoint and credentials: ``ObjectStore`` itself by default, or another
+transport behind the same interface (``storage.MemoryS3.store``: an in-memory S3, for benchmarks at scale)."""
+
+
 class StorePool:
     """One :class:`ObjectStore` per endpoint and credentials, opened on first use, closed together.
 
     ``stats`` adds up the bytes and requests of all of them: what this process moved (for metrics and progress).
     """
 
-    def __init__(self, default: S3Config, transfer: TransferConfig | None = None, retry: RetryConfig | None = None):
-        """``default``: this process's own endpoint and account keys (its own bucket is reached with them)."""
+    def __init__(self, default: S3Config, transfer: TransferConfig | None = None, retry: RetryConfig | None = None,
+                 *, store_factory: StoreFactory | None = None, stats: TransferStats | None = None):
+        """``default``: this process's own endpoint and account keys (its own bucket is reached with them).
+        ``store_factory``: the transport (default: :class:`ObjectStore`, real HTTP); ``stats``: counters to add
+        this pool's traffic to (default: new ones)."""
         self.default = default
         self._transfer = transfer or TransferConfig()
         self._retry = retry or RetryConfig()
+        self._factory: StoreFactory = store_factory or ObjectStore
         self._stores: dict[tuple[str | None, str | None, str | None], ObjectStore] = {}
-        self.stats = TransferStats()
+        self.stats = stats if stats is not None else TransferStats()
         self._lock = asyncio.Lock()
+
+    def sibling(self, stats: TransferStats | None = None) -> "StorePool":
+        """A new pool with this one's configuration and transport but its own stores and counters: another
+        participant's, as on a separate machine."""
+        return StorePool(self.default, self._transfer, self._retry, store_factory=self._factory, stats=stats)
 
     @property
     def transfer(self) -> TransferConfig:
@@ -79,7 +93,7 @@ class StorePool:
         async with self._lock:
             store = self._stores.get(ident)
             if store is None:
-                store = ObjectStore(cfg, self._transfer, self._retry, stats=self.stats)
+                store = self._factory(cfg, self._transfer, self._retry, self.stats)
                 await store.__aenter__()
                 self._stores[ident] = store
             return store

@@ -3,7 +3,8 @@
 `ObjectStore` moves bytes: whole objects, byte ranges, listings and deletes, with bounded concurrency, multipart
 uploads, parallel ranged downloads and one retry policy. It knows nothing about what the bytes mean. Any endpoint
 may be hostile: answers are checked and bounded, and `check_endpoint` vets endpoint URLs from strangers.
-`EmbeddedS3` runs moto's S3 server locally and `FaultProxy` injects S3-style failures in front of it.
+`EmbeddedS3` runs moto's S3 server locally and `FaultProxy` injects S3-style failures in front of it. `MemoryS3` is
+an S3 in this process's memory, and `MemoryStore` an `ObjectStore` whose transport it is (benchmarks at scale).
 """
 
 from .client import MAX_LIST_KEYS, MAX_RESPONSE_BODY, ObjectInfo, ObjectStore
@@ -23,8 +24,9 @@ from .errors import (
     StorageError,
 )
 from .faultproxy import FaultPlan, FaultProxy
+from .memory import MemoryS3, MemoryStore
 from .server import EmbeddedS3
-from .stats import StatsSnapshot, TransferStats
+from .stats import OperationStats, StatsSnapshot, TransferStats
 
 __all__ = [
     "S3Config",
@@ -34,7 +36,10 @@ __all__ = [
     "ObjectInfo",
     "TransferStats",
     "StatsSnapshot",
+    "OperationStats",
     "EmbeddedS3",
+    "MemoryS3",
+    "MemoryStore",
     "FaultProxy",
     "FaultPlan",
     "StorageError",

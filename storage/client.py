@@ -335,8 +335,11 @@ class ObjectStore:
         return self._client_obj
 
     async def _call(
-        self, operation: str, bucket: str | None, key: str | None, attempt: Callable[[int], Awaitable[T]]
+        self, operation: str, bucket: str | None, key: str | None, attempt: Callable[[int], Awaitable[T]],
+        *, ranged: bool = False, target: str | None = None,
     ) -> T:
+        """One call, retried under the policy and counted in ``stats``: ``ranged`` for a byte-range GET, ``target``
+        the listed prefix of a listing (default ``key``)."""
         _ = self._client  # a closed store is a programming error: RuntimeError here, not a failed attempt
 
         async def counted(n: int) -> T:
@@ -344,7 +347,7 @@ class ObjectStore:
                 self.stats.retried(operation)
             return await attempt(n)
 
-        with self.stats.call(operation):
+        with self.stats.call(operation, ranged=ranged, target=key if target is None else target):
             return await call_with_retries(
                 counted,
                 self.retry,
@@ -641,7 +644,7 @@ class ObjectStore:
             return bytes(buf)
 
         try:
-            data = await self._call("GetObject", bucket, key, attempt)
+            data = await self._call("GetObject", bucket, key, attempt, ranged=True)
             self.stats.received(len(data))
             return data
         except InvalidRange as exc:
@@ -673,7 +676,8 @@ class ObjectStore:
         tokens: set[bytes] = set()  # digests: a hostile server's tokens may be long
         while True:
             page = await self._call(
-                "ListObjectsV2", bucket, None, lambda _, p=dict(params): self._client.list_objects_v2(**p)
+                "ListObjectsV2", bucket, None, lambda _, p=dict(params): self._client.list_objects_v2(**p),
+                target=prefix,
             )
             pages += 1
             contents = page.get("Contents") or []

@@ -281,7 +281,7 @@ async def ranged_get(
                 raise
             await read_into(resp["Body"], dest[lo:hi])
 
-        await store._call("GetObject", bucket, key, attempt)
+        await store._call("GetObject", bucket, key, attempt, ranged=True)
         store.stats.received(hi - lo)
 
     await gather_bounded(count, fetch, store.transfer.max_concurrency)

@@ -1,13 +1,17 @@
-"""ObjectStore against the embedded moto server: round trips, listings, write-once, ranges and typed errors.
+"""ObjectStore against the embedded moto server and against the in-memory S3 (`storage.memory`): round trips,
+listings, write-once, ranges and typed errors. Every test runs on both transports (the ``store`` fixture here), so
+the memory server that ``bench.scale`` uses is held to the real server's behaviour; the two that count requests at
+the wire (through a proxy) run on moto only.
 
-The ``store`` fixture uses small thresholds (tests/conftest.py): multipart from 6 MiB in 5 MiB parts, ranged GETs
-above 2 MiB in 1 MiB ranges, so a few MiB exercise every path.
+The stores use small thresholds (tests/conftest.py): multipart from 6 MiB in 5 MiB parts, ranged GETs above 2 MiB
+in 1 MiB ranges, so a few MiB exercise every path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -21,12 +25,16 @@ from storage import (
     EmbeddedS3,
     FaultProxy,
     InvalidRange,
+    MemoryS3,
+    MemoryStore,
     NotFound,
     ObjectInfo,
     ObjectStore,
     ObjectTooLarge,
     PreconditionFailed,
+    TransferConfig,
 )
+from tests.conftest import TEST_RETRY, TEST_TRANSFER
 
 MiB = 1024 * 1024
 
@@ -46,6 +54,27 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture(params=["moto", "memory"])
+async def store(request: pytest.FixtureRequest, embedded_s3: EmbeddedS3) -> AsyncIterator[ObjectStore]:
+    """The conftest's store on moto, or the same `ObjectStore` code over the in-memory transport."""
+    if request.param == "moto":
+        async with ObjectStore(embedded_s3.config(), TEST_TRANSFER, TEST_RETRY) as s:
+            yield s
+    else:
+        async with MemoryS3().store(None, TEST_TRANSFER, TEST_RETRY) as s:
+            yield s
+
+
+def like(store: ObjectStore, transfer: TransferConfig) -> ObjectStore:
+    """Another store on the same server and transport as ``store``, with other transfer settings."""
+    if isinstance(store, MemoryStore):
+        return MemoryStore(store.server, store.config, transfer, store.retry)
+    return ObjectStore(store.config, transfer, store.retry)
+
+
+MOTO_ONLY = pytest.mark.parametrize("store", ["moto"], indirect=True)  # counts HTTP requests through a proxy
 
 
 @pytest.fixture
@@ -116,6 +145,7 @@ async def test_head_of_an_object_larger_than_any_answer_body(store: ObjectStore,
     assert (await store.head(bucket, "big")).size == size
 
 
+@MOTO_ONLY
 async def test_ranged_get_uses_parallel_conditional_ranges(
     embedded_s3: EmbeddedS3, bucket: str, store: ObjectStore, counting: FaultProxy
 ) -> None:
@@ -154,6 +184,7 @@ async def test_get_range_equals_slices(store: ObjectStore, bucket: str) -> None:
             await store.get_range(bucket, "r", start, end)
 
 
+@MOTO_ONLY
 async def test_head_before_get_refuses_oversized_objects(
     embedded_s3: EmbeddedS3, store: ObjectStore, bucket: str, counting: FaultProxy
 ) -> None:
@@ -263,9 +294,9 @@ async def test_argument_checks_happen_before_any_request(store: ObjectStore) -> 
         await closed.head("bucket", "k")
 
 
-async def test_store_limits_requests_in_flight(embedded_s3: EmbeddedS3, bucket: str, store: ObjectStore) -> None:
+async def test_store_limits_requests_in_flight(bucket: str, store: ObjectStore) -> None:
     limited = replace(store.transfer, max_pool_connections=3)
-    async with ObjectStore(embedded_s3.config(), limited, store.retry) as small:
+    async with like(store, limited) as small:
         in_flight = peak = 0
         real = small._client.put_object
 
@@ -278,7 +309,7 @@ async def test_store_limits_requests_in_flight(embedded_s3: EmbeddedS3, bucket: 
             finally:
                 in_flight -= 1
 
-        small._client.put_object = spy  # wraps the real client call; the request still goes to moto
+        small._client.put_object = spy  # wraps the real client call; the request still goes to the server
         await asyncio.gather(*(small.put(bucket, f"p{i}", b"z" * 1000) for i in range(20)))
     assert peak == 3
     assert len(await store.list(bucket, "p")) == 20

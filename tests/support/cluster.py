@@ -45,8 +45,7 @@ class Cluster:
         """Register, create the bucket, commit it; return the participant's network view. ``own_pool``: a store
         pool of its own, so its requests are counted apart from everyone else's (``net.pool.stats``)."""
         signer = self.signers[role][i]
-        net = self.network(signer, StorePool(self.pool.default, self.pool._transfer, self.pool._retry)
-                           if own_pool else None)
+        net = self.network(signer, self.pool.sibling() if own_pool else None)
         # Published keys distinct from the account's, as on a real network (the embedded server accepts any key).
         loc = BucketLocation({"miners": "miner", "peers": "peer", "validators": "validator"}[role],
                              self.bucket_of(role, i), self.s3_endpoint, *PUBLIC_KEYS)
