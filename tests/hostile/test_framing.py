@@ -89,4 +89,4 @@ async def test_a_lying_peer_frames_no_miner(cluster_factory, tmp_path, hostile, 
              "record_contradicts_inputs": "a registered peer's signed record names other hashes than its inputs"}[case],
             "miners keep their full scores; peers accept the honest outputs, no fallback",
             {"nan_body": "non_finite", "flipped_byte": "hash_mismatch",
-             "record_contradicts_inputs": "peer_equivocates"}[case])
+             "record_contradicts_inputs": "none: peers read only the records of peers an output leaves out"}[case])
