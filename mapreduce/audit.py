@@ -33,7 +33,7 @@ from storage import NotFound, ObjectInfo, PreconditionFailed, StorageError
 
 from . import hashtree, keys, strictjson
 from .codec import Expect, ObjectMeta
-from .errors import InvalidObject, MalformedHeader, ProtocolError
+from .errors import InvalidObject, MalformedHeader, NoBucketOnChain, ProtocolError
 from .names import check_hotkey
 from .network import Bucket, Network
 from .partial import RangeReader
@@ -185,7 +185,7 @@ async def read_records(net: Network, window: int, peers: list[str], rejected: Co
                 if rejected is not None:
                     rejected[e.reason] += 1
                 log.info("window %d: upload record of %s refused (%s): %s", window, peer[:10], e.reason, e)
-            except (StorageError, KeyError) as e:
+            except (StorageError, NoBucketOnChain) as e:
                 log.info("window %d: no usable upload record from %s: %s", window, peer[:10], e)
         return None
 

@@ -35,7 +35,7 @@ from . import keys
 from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
 from .codec import ObjectMeta, check_finite, decode, encode
 from .directory import Directory
-from .errors import BroadcastFailed, HashMismatch, InvalidObject, JunkKey
+from .errors import BroadcastFailed, HashMismatch, InvalidObject, JunkKey, NoBucketOnChain
 from .flat import flatten, unflatten
 from .network import Network
 from .plan import Plan, Segment
@@ -249,7 +249,7 @@ class Broadcaster:
                 info = await asyncio.wait_for(bucket.store.head(bucket.name, key), self.config.request_timeout)
             except NotFound:
                 info = None
-            except (StorageError, KeyError, asyncio.TimeoutError) as e:
+            except (StorageError, NoBucketOnChain, asyncio.TimeoutError) as e:
                 log.info("window %d: sender %s's bucket unreachable: %s", window, sender[:10], str(e) or "timed out")
                 info = None
             # Read the block after looking: an object seen before the deadline block exists was written in time.
@@ -320,7 +320,7 @@ class Broadcaster:
                     reason, detail = "oversized", str(e)
                 except InvalidObject as e:
                     reason, detail = e.reason, str(e)
-                except (StorageError, KeyError) as e:
+                except (StorageError, NoBucketOnChain) as e:
                     reason, detail = "unreachable", str(e)
                 except asyncio.TimeoutError:
                     reason, detail = "timeout", f"no answer within {self.config.request_timeout:.0f}s"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 from storage import InvalidEndpoint, check_endpoint
 
 from .chain.base import MAX_COMMITMENT_BYTES, Neuron
-from .errors import InvalidObject, NotAllowed, UnknownHotkey
+from .errors import InvalidObject, NoBucketOnChain, NotAllowed, UnknownHotkey
 from .names import check_bucket, check_hotkey
 
 if TYPE_CHECKING:
@@ -187,7 +187,11 @@ class Directory:
         return error is None
 
     def location(self, hotkey: str) -> BucketLocation:
-        return self.locations[hotkey]
+        """Where ``hotkey``'s bucket is; :class:`NoBucketOnChain` if it has none in this directory."""
+        try:
+            return self.locations[hotkey]
+        except KeyError:
+            raise NoBucketOnChain(f"hotkey {hotkey} has no bucket committed on chain") from None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ class InvalidName(ProtocolError, ValueError):
     reason = "invalid_name"
 
 
+class NoBucketOnChain(ProtocolError):
+    """The hotkey has no bucket in the window's directory (never committed one, or its commitment was refused)."""
+
+    reason = "no_bucket"
+
+
 class NotAParticipant(ProtocolError):
     """This process's hotkey cannot take part in the role it tries to play (not registered, no bucket committed,
     or excluded by the run's allow/deny lists)."""

@@ -29,7 +29,7 @@ from storage import NotFound, ObjectTooLarge, StorageError
 from . import keys
 from .audit import ReaderCache
 from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
-from .errors import InvalidObject, Late
+from .errors import InvalidObject, Late, NoBucketOnChain
 from .listing import genuine, list_capped
 from .network import Network
 from .partial import RangeReader
@@ -86,7 +86,7 @@ async def _record(net: Network, window: int, sender: str, deadline: float, rejec
         log.info("window %d: %s's copies are hosted but it wrote no broadcast record", window, sender[:10])
     except ObjectTooLarge:
         rejected["oversized"] += 1
-    except (StorageError, KeyError) as e:
+    except (StorageError, NoBucketOnChain) as e:
         rejected["unreadable"] += 1
         log.info("window %d: cannot read %s's broadcast record: %s", window, sender[:10], e)
     return None
@@ -114,7 +114,7 @@ async def _check_copy(net: Network, window: int, miner: str, sender: str, seg: S
     except InvalidObject as e:
         rejected[e.reason] += 1
         check.status, check.reason = "invalid", f"{e.reason}: {e}"
-    except (StorageError, KeyError) as e:
+    except (StorageError, NoBucketOnChain) as e:
         check.status, check.reason = "missing", f"unreadable: {e}"
     finally:
         check.bytes_fetched = reader.bytes_fetched if reader else 0
@@ -137,7 +137,7 @@ async def check_hosting(net: Network, window: int, cfg: HostingConfig, scoring: 
     async def listing(miner: str) -> set[str]:
         try:
             return await asyncio.wait_for(_hosted(net, window, miner, rejected), cfg.list_timeout)
-        except (StorageError, KeyError, asyncio.TimeoutError) as e:
+        except (StorageError, NoBucketOnChain, asyncio.TimeoutError) as e:
             log.info("window %d: cannot list miner %s for broadcasts: %s", window, miner[:10], str(e) or "timed out")
             return set()
     listings = await asyncio.gather(*(listing(m) for m in miners))

@@ -34,7 +34,7 @@ from .audit import (ReaderCache, Wrong, check_against_records, check_proof_shape
                     sample_ranges)
 from .codec import Encoded, Expect, ObjectMeta, check_finite, decode, encode, header_end
 from .directory import BucketLocation
-from .errors import Late, NotAParticipant, ProtocolError
+from .errors import Late, NoBucketOnChain, NotAParticipant, ProtocolError
 from .flat import flatten, unflatten
 from .inputs import InputRef, download_listed, fetch_input, reduce_segment
 from .listing import list_capped
@@ -230,7 +230,7 @@ class Peer:
         try:
             bucket = await self.net.bucket(window, self.hotkey)
             await write_own(bucket, str(keys.evidence_key(self.net.spec.run_id, window, self.hotkey)), obj.data)
-        except (StorageError, KeyError) as e:
+        except (StorageError, NoBucketOnChain) as e:
             log.warning("window %d: could not write our evidence: %s", window, e)
 
     async def _write_record(self, receipt: UploadReceipt) -> None:
@@ -241,7 +241,7 @@ class Peer:
         try:
             bucket = await self.net.bucket(receipt.window, self.hotkey)
             await write_own(bucket, str(keys.record_key(self.net.spec.run_id, receipt.window, self.hotkey)), obj.data)
-        except (StorageError, KeyError) as e:
+        except (StorageError, NoBucketOnChain) as e:
             log.warning("window %d: could not write the upload record: %s", receipt.window, e)
 
     # -- download ------------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ class Peer:
             result.rejected[reason] += 1
             log.warning("window %d segment %d: output of miner %s rejected (%s): %s", plan.window, seg.index,
                         miner[:10], reason, e)
-        except (StorageError, KeyError) as e:
+        except (StorageError, NoBucketOnChain) as e:
             result.rejected["unreadable"] += 1
             log.warning("window %d segment %d: output of miner %s unreadable: %s", plan.window, seg.index,
                         miner[:10], e)
@@ -533,7 +533,7 @@ class Peer:
                     acc = await asyncio.wait_for(
                         reduce_segment(self.net, plan.window, seg, bucket, deadline, result.rejected),
                         4 * self.config.fetch_timeout)
-                except (StorageError, KeyError, asyncio.TimeoutError) as e:
+                except (StorageError, NoBucketOnChain, asyncio.TimeoutError) as e:
                     log.warning("window %d segment %d: inputs at %s unreachable: %s", plan.window, seg.index,
                                 miner[:10], str(e) or "timed out")
                     continue

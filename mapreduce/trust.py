@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 
 from storage import NotFound, ObjectTooLarge, StorageError
 
-from .errors import InvalidObject, MalformedReport
+from .errors import InvalidObject, MalformedReport, NoBucketOnChain
 from .keys import report_key
 from .network import Network
 from .records import MAX_REPORT_BYTES, decode_report
@@ -106,7 +106,7 @@ async def _read_latest_unbounded(net: Network, window: int, hotkey: str, lookbac
                                  ema_by_validator: dict[str, dict[str, float]], out: TrustedScores) -> str | None:
     try:
         bucket = await net.bucket(window, hotkey)
-    except KeyError:
+    except NoBucketOnChain:
         return "missing"
     for w in range(window - 1, max(-1, window - 1 - lookback), -1):
         key = str(report_key(net.spec.run_id, w, hotkey))

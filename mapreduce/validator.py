@@ -40,7 +40,7 @@ from . import hashtree, keys
 from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, listed_mean,
                     open_listed_inputs, read_records, recompute_difference, sample_ranges)
 from .codec import parse_header
-from .errors import InvalidObject, Late
+from .errors import InvalidObject, Late, NoBucketOnChain
 from .hosting import HostingConfig, check_hosting, hosting_lines
 from .inputs import InputRef, counted, fetch_input
 from .keys import ObjectKey
@@ -280,7 +280,7 @@ class Validator:
                 return await asyncio.to_thread(Evidence.decode, data, self.net.spec, plan.window, peer)
             except InvalidObject as e:
                 rejected[e.reason] += 1
-            except (StorageError, KeyError, asyncio.TimeoutError):
+            except (StorageError, NoBucketOnChain, asyncio.TimeoutError):
                 pass  # none (the usual case), or unreadable: nothing to learn
             return None
 
@@ -381,7 +381,7 @@ class Validator:
 
         try:
             listing = await asyncio.wait_for(inputs(), self.config.list_timeout)
-        except (StorageError, KeyError, asyncio.TimeoutError) as e:
+        except (StorageError, NoBucketOnChain, asyncio.TimeoutError) as e:
             obs.unreachable[miner] = f"cannot list its inputs: {str(e) or 'timed out'}"
             log.info("window %d: cannot list miner %s's inputs: %s", window, miner[:10], str(e) or "timed out")
             return None
@@ -422,7 +422,7 @@ class Validator:
 
         try:
             bucket, listing = await asyncio.wait_for(outputs(), self.config.list_timeout)
-        except (StorageError, KeyError, asyncio.TimeoutError) as e:
+        except (StorageError, NoBucketOnChain, asyncio.TimeoutError) as e:
             log.info("window %d: cannot list miner %s's outputs: %s", window, miner[:10], str(e) or "timed out")
             return False
         obs.reachable.add(miner)
@@ -532,7 +532,7 @@ class Validator:
                 rejected["timeout"] += 1
                 check.status = "invalid"
                 check.reason = f"its endpoint did not answer within {self.config.check_timeout:.0f}s"
-            except KeyError as e:  # the miner left the directory mid-window
+            except NoBucketOnChain as e:  # the miner left the directory mid-window
                 check.status, check.reason = "invalid", f"no bucket on chain: {e}"
             except Exception:  # our own bug: never score a miner for it
                 log.exception("window %d: internal error checking miner %s segment %d", plan.window, miner[:10],
@@ -694,7 +694,7 @@ class Validator:
                     got = await self._shown_elsewhere(plan, miner, other, bucket, seg, peer, sha, rejected)
                     if got is not None:
                         elsewhere[peer] = got
-            except (OtherReplicaFailed, StorageError, KeyError) as e:
+            except (OtherReplicaFailed, StorageError, NoBucketOnChain) as e:
                 # The other replica is unreadable or invalid: that is its miner's problem, never this one's.
                 log.info("window %d segment %d: replica %s not comparable: %s", plan.window, seg.index, other[:10], e)
         return elsewhere, extra
@@ -783,5 +783,5 @@ class Validator:
             bucket = await self.net.bucket(report.window, self.net.hotkey)
             key = str(keys.report_key(self.net.spec.run_id, report.window, self.net.hotkey))
             await write_own(bucket, key, obj.data)
-        except (StorageError, KeyError, ValueError) as e:  # ValueError: a non-finite number in the report
+        except (StorageError, NoBucketOnChain, ValueError) as e:  # ValueError: a non-finite number in the report
             log.warning("window %d: could not publish the report: %s", report.window, e)

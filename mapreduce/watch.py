@@ -20,7 +20,7 @@ from collections import Counter
 from storage import ListingTooLong, ObjectInfo, StorageError
 
 from . import keys
-from .errors import InvalidObject
+from .errors import InvalidObject, NoBucketOnChain
 from .keys import ObjectKey
 from .listing import PER_WRITER_KEYS, cap_for
 from .network import Network
@@ -94,7 +94,7 @@ class OutputWatch:
         """One listing of ``miner``'s outputs; whether it showed anything new."""
         try:
             listing = await asyncio.wait_for(self._list(miner), self.timeout)
-        except (StorageError, KeyError, asyncio.TimeoutError) as e:
+        except (StorageError, NoBucketOnChain, asyncio.TimeoutError) as e:
             failures = self._failures[miner] = self._failures.get(miner, 0) + 1
             self._retry_at[miner] = asyncio.get_running_loop().time() + min(
                 self.max_poll_interval * 2, self.poll_interval * 2 ** failures)

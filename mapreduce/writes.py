@@ -70,7 +70,7 @@ async def write_copies(net: Network, window: int, segment: int, role: str, miner
         async with limit:
             try:
                 await (put(miner, key) if cutoff is None else net.within(cutoff, put(miner, key)))
-            except (StorageError, ProtocolError, KeyError) as e:
+            except (StorageError, ProtocolError) as e:
                 reason = getattr(e, "reason", None) or type(e).__name__
                 log.warning("window %d segment %d: %s copy to miner %s failed (%s): %s", window, segment, role,
                             miner[:10], reason, e)

@@ -21,7 +21,7 @@ from mapreduce import keys
 from mapreduce.broadcast import Broadcaster
 from mapreduce.chain.base import Neuron
 from mapreduce.directory import Admission, Directory
-from mapreduce.errors import BroadcastFailed, NotAllowed, UnknownHotkey
+from mapreduce.errors import BroadcastFailed, NoBucketOnChain, NotAllowed, UnknownHotkey
 from mapreduce.flat import flatten
 from mapreduce.miner import Miner
 from mapreduce.network import Network
@@ -81,6 +81,11 @@ def test_a_process_narrows_the_run_and_never_widens_it() -> None:
     with pytest.raises(NotAllowed):
         d.admits_peer(HK[3])
     assert d.admits_peer(HK[2]) and not d.admits_peer(HK[5])
+    # A hotkey with no bucket is a typed fact with its own reason, not a KeyError that hides real bugs.
+    assert d.location(HK[1]).bucket == "bucket-1"
+    with pytest.raises(NoBucketOnChain) as e:
+        d.location(HK[5])
+    assert e.value.reason == "no_bucket" and not isinstance(e.value, KeyError)
 
 
 def test_command_line_takes_the_lists_and_refuses_disjoint_ones(tmp_path) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from mapreduce import keys
 from mapreduce.codec import ObjectMeta, decode, encode
-from mapreduce.errors import InvalidObject
+from mapreduce.errors import InvalidObject, NoBucketOnChain
 from mapreduce.inputs import fetch_input, list_inputs
 from mapreduce.keys import ObjectKey
 from mapreduce.miner import Miner, Produced
@@ -215,7 +215,7 @@ class AdversarialMiner(Miner):
                 try:
                     bucket = await self.net.bucket(window, victim)
                     data = await bucket.store.get(bucket.name, key)
-                except (NotFound, KeyError):
+                except (NotFound, NoBucketOnChain):
                     continue
                 d = decode(data, key, self.net.output_expect(seg, victim, len(directory.peers)))
                 inputs = [(h, sha, ours.get(h, tag)) for h, sha, tag in json.loads(d.meta.extra["inputs"])]
