@@ -71,6 +71,8 @@ async def train(rank: int, net: Network, bucket: str, sender: str, first: int, s
         optimizer.zero_grad()
         out["losses"].append(loss.item())
         out["fallbacks"] += len(result.fallbacks)
+        out.setdefault("sources", []).append([f"s{x.segment}:{x.source[0]}:{(x.miner or '-')[:6]}:{x.count}"
+                                              for x in result.segments])
         out.setdefault("weights", []).append([p.detach().clone() for p in model.parameters()])
     return out
 
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"window {receipt.window + 1 + step}: all-reduce; losses by rank {losses}; weights "
               f"{'identical on every rank' if identical else 'DIVERGED'}")
         if not identical:
+            for r in ranks:  # where each rank's average came from: which segment differs, and from whom
+                gap = max(float((a - b).abs().max()) for a, b in zip(r["weights"][step], ranks[0]["weights"][step]))
+                print(f"  rank {r['rank']}: max |w - w_rank0| {gap:.2e}; segments {' '.join(r['sources'][step])}")
             failures.append(f"ranks' weights differ after step {step} (some inputs missed the upload deadline? "
                             "on a loaded machine, try --block-time 1)")
     # A fallback (a late miner, on a loaded machine) still gives the exact mean: reported, not a failure.
