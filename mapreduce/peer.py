@@ -315,6 +315,8 @@ class Peer:
                         late_fallback = late_fallback or c
                         continue
                     candidates[miner] = c
+                # In plan order, whatever order they appeared in: every peer breaks ties between claims alike.
+                candidates = {m: candidates[m] for m in replicas if m in candidates}
                 pending = [m for m in replicas if m not in judged and m not in watch.unreachable]
                 taken = await self._decide(plan, seg, candidates, closed or not pending, result)
                 if taken is not None:
