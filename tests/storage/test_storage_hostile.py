@@ -40,21 +40,14 @@ from storage import (
 )
 from storage.retry import call_with_retries
 from storage.transfer import range_length
+from tests.conftest import TEST_TRANSFER
 from tests.support.hostile_front import HostileFront
 
 MiB = 1024 * 1024
 T = TypeVar("T")
 
-QUICK = TransferConfig(
-    multipart_threshold=6 * MiB,
-    part_size=5 * MiB,
-    ranged_get_threshold=2 * MiB,
-    range_part_size=MiB,
-    max_concurrency=4,
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    operation_timeout=5.0,
-)
+# The suite's test transfer settings (tests/conftest.py), with short timeouts: hostile servers stall on purpose.
+QUICK = replace(TEST_TRANSFER, connect_timeout=1.0, read_timeout=1.0, operation_timeout=5.0)
 RETRY = RetryConfig(max_attempts=4, base_delay=0.01, max_delay=0.1, total_budget=10.0, seed=3)
 TS_2100 = 4102444800  # 2100-01-01T00:00:00Z: a server clock far ahead
 
