@@ -4,7 +4,7 @@
 Each window it reduces the segments the plan assigns to its hotkey and writes the signed results to its bucket.
 ``python miner.py --help`` lists every flag; docs/OPERATIONS.md and the README show full set-ups.
 """
-from mapreduce.cli import miner_main
+from mapreduce.ops.cli import miner_main
 
 if __name__ == "__main__":
     raise SystemExit(miner_main())

@@ -4,7 +4,7 @@
 Each window it samples miners' outputs with ranged reads, recomputes them from the signed inputs, scores the
 miners and sets weights. ``python validator.py --help`` lists every flag.
 """
-from mapreduce.cli import validator_main
+from mapreduce.ops.cli import validator_main
 
 if __name__ == "__main__":
     raise SystemExit(validator_main())

@@ -16,7 +16,7 @@ from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET
 from mapreduce.miner import Miner, MinerConfig
 from mapreduce.network import Network, StoreFactory, StorePool
 from mapreduce.peer import Peer, PeerConfig
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.windows import WindowConfig
@@ -105,7 +105,7 @@ class BenchCluster:
 
     async def object_sizes(self, window: int) -> dict[str, list[int]]:
         """Sizes of the window's objects in the miners' buckets, by role (``in``, ``out``)."""
-        from mapreduce.keys import ObjectKey, window_prefix
+        from mapreduce.wire.keys import ObjectKey, window_prefix
 
         sizes: dict[str, list[int]] = {}
         for i, net in enumerate(self.nets["miners"]):

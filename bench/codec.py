@@ -1,4 +1,4 @@
-"""Encode and decode of one 256 MiB fp32 segment by ``mapreduce.codec``, against a plain memory copy of it.
+"""Encode and decode of one 256 MiB fp32 segment by ``mapreduce.wire.codec``, against a plain memory copy of it.
 
 The copy is the floor for any serialiser that must place the tensor's bytes in an object: measured both into an
 existing buffer (``copy_``) and with the allocation a new object needs (``clone``). The sha256 tree alone and the
@@ -13,9 +13,9 @@ from typing import Callable
 import safetensors.torch
 import torch
 
-from mapreduce import hashtree
-from mapreduce.codec import Expect, ObjectMeta, decode, encode
-from mapreduce.signing import Signer
+from mapreduce.wire import hashtree
+from mapreduce.wire.codec import Expect, ObjectMeta, decode, encode
+from mapreduce.wire.signing import Signer
 
 from .table import Row
 

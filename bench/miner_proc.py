@@ -39,8 +39,8 @@ class MinerRun:
 
 async def miner_window(s3: EmbeddedS3, peers: int, segment_mib: int, workdir: Path, window: int = 1) -> MinerRun:
     """Upload ``peers`` inputs of one ``segment_mib`` segment, then time and measure one miner process on them."""
-    from mapreduce.codec import ObjectMeta, encode
-    from mapreduce.keys import input_key, make_tag
+    from mapreduce.wire.codec import ObjectMeta, encode
+    from mapreduce.wire.keys import input_key, make_tag
 
     from .cluster import BenchCluster, bench_spec
 
@@ -101,7 +101,7 @@ def _peak_rss() -> int:
 async def _child(args: dict) -> dict:
     from mapreduce.miner import Miner
     from mapreduce.network import Network, StorePool
-    from mapreduce.signing import Signer
+    from mapreduce.wire.signing import Signer
     from mapreduce.spec import RunSpec
 
     from .chain import SteppedChain

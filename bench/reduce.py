@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mapreduce.codec import Expect, ObjectMeta, decode, encode
+from mapreduce.wire.codec import Expect, ObjectMeta, decode, encode
 from mapreduce.inputs import _decode_and_prove
-from mapreduce.keys import make_tag
-from mapreduce.proof import proof_salt
+from mapreduce.wire.keys import make_tag
+from mapreduce.wire.proof import proof_salt
 from mapreduce.reduce import Accumulator
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 
 __all__ = ["ReduceRates", "reduce_rates"]
 

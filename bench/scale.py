@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from mapreduce import hashtree
+from mapreduce.wire import hashtree
 from mapreduce.hosting import HostingConfig
 from mapreduce.miner import Miner, MinerConfig
 from mapreduce.peer import Peer, PeerConfig
@@ -108,10 +108,10 @@ def _calibration() -> dict[str, tuple[float, ...]]:
     """Header sizes of the real codec, measured on small objects and fitted as lines: `model_sizes` extrapolates
     from them. Keys are ss58 hotkeys (48 characters), run ids 24 characters, as in a real run."""
     from mapreduce import audit
-    from mapreduce.codec import ObjectMeta, encode
-    from mapreduce.records import SegmentUpload, UploadRecord, encode_report
+    from mapreduce.wire.codec import ObjectMeta, encode
+    from mapreduce.wire.records import SegmentUpload, UploadRecord, encode_report
     from mapreduce.scoring import SegmentCheck
-    from mapreduce.signing import Signer
+    from mapreduce.wire.signing import Signer
     from mapreduce.spec import RunSpec, TensorSpec
     from mapreduce.validator import WindowReport
 
@@ -172,7 +172,7 @@ def model_sizes(P: int, M: int, S: int, r: int, numel: int, itemsize: int, knobs
 
 
 def _first_read(size: int, header: int, guess: int) -> tuple[int, int]:
-    """(requests, bytes) of opening an object with `mapreduce.partial.RangeReader`: a first read of ``guess``
+    """(requests, bytes) of opening an object with `mapreduce.wire.partial.RangeReader`: a first read of ``guess``
     bytes (the whole object if smaller), then the rest of the header if it did not fit."""
     first = min(size, guess)
     return (1, first) if header <= first else (2, header)
@@ -405,7 +405,7 @@ _ROLE_IN_KEY = re.compile(r"/w[0-9]{8}/([a-z-]+)/")
 
 def object_role(target: str | None) -> str:
     """The protocol role of the object a request was about (``in``, ``out``, ``record``...): from its key or the
-    listed prefix (mapreduce/keys.py); ``-`` for bucket calls and other keys."""
+    listed prefix (mapreduce/wire/keys.py); ``-`` for bucket calls and other keys."""
     if target is None:
         return "-"
     m = _ROLE_IN_KEY.search(target)
@@ -525,7 +525,7 @@ class CaseResult:
 async def _measured_sizes(cluster: BenchCluster, window: int, itemsize: int) -> Sizes:
     """Mean object sizes of ``window`` from the buckets, and header lengths (their first 8 bytes), read through a
     pool of no participant's (not counted)."""
-    from mapreduce.keys import ObjectKey, window_prefix
+    from mapreduce.wire.keys import ObjectKey, window_prefix
 
     pool = cluster.nets["peers"][0].pool.sibling()
     try:

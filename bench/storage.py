@@ -134,7 +134,7 @@ async def _scenario_rows(sc: Scenario, reps: int, store: ObjectStore, boto: Any,
 
 
 # ---- codec -------------------------------------------------------------------------------------------------------
-# Encode/decode of mapreduce/codec.py against a memory copy, printed in the same run (bench/codec.py); kept in its own
+# Encode/decode of mapreduce/wire/codec.py against a memory copy, printed in the same run (bench/codec.py); kept in its own
 # module so the storage numbers never depend on the codec.
 def codec_rows(reps: int) -> list[Row]:
     from .codec import codec_rows as rows

@@ -30,11 +30,11 @@ from mapreduce.broadcast import Broadcaster  # noqa: E402
 from mapreduce.chain.local import LocalChain  # noqa: E402
 from mapreduce.directory import BucketLocation  # noqa: E402
 from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET  # noqa: E402
-from mapreduce.keys import report_key  # noqa: E402
-from mapreduce.records import decode_report  # noqa: E402
+from mapreduce.wire.keys import report_key  # noqa: E402
+from mapreduce.wire.records import decode_report  # noqa: E402
 from mapreduce.network import Network, StorePool  # noqa: E402
 from mapreduce.peer import Peer  # noqa: E402
-from mapreduce.signing import Signer  # noqa: E402
+from mapreduce.wire.signing import Signer  # noqa: E402
 from mapreduce.swarm.model import Mixture, make_model  # noqa: E402
 from mapreduce.swarm.orchestrator import Swarm, SwarmConfig  # noqa: E402
 from storage import EmbeddedS3  # noqa: E402

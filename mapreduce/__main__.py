@@ -1,5 +1,5 @@
-"""``python -m mapreduce <command>``: the local swarm and its trainer processes; ops commands (report, prune,
-inspect)."""
+"""``python -m mapreduce <command>``: the roles (miner, validator), the local swarm and its trainer processes, and
+the ops commands (report, prune, inspect)."""
 from __future__ import annotations
 
 import argparse
@@ -11,15 +11,22 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["miner"], ["validator"]):
+        # The roles parse their own flags (the same as ``python miner.py`` / ``python validator.py``).
+        from .ops.cli import miner_main, validator_main
+        return (miner_main if argv[0] == "miner" else validator_main)(argv[1:])
     if argv[:1] == ["prune"]:
         # prune parses its own flags: the chain's come from the Bittensor SDK, which only this command imports
         # (so ``--help`` and the swarm's processes stay fast).
-        from . import prune
+        from .ops import prune
         return prune.main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="python -m mapreduce")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # Listed here for --help only; handled above, before parsing.
+    sub.add_parser("miner", help="run a miner (flags: miner --help); the same as `python miner.py`")
+    sub.add_parser("validator", help="run a validator (flags: validator --help); the same as `python validator.py`")
     sw = sub.add_parser("swarm", help="run the whole system locally: S3 server, chain, peers, miners, validator")
     from .swarm.config import SwarmConfig
     defaults = SwarmConfig()
@@ -39,20 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--run-dir", type=Path, required=True)
     pe.add_argument("--index", type=int, required=True)
 
-    from . import reports
+    from .ops import report_command
     rp = sub.add_parser("report", help="PNG plots (scores, latency, rejections) from a validator's bucket")
-    reports.add_arguments(rp)
+    report_command.add_arguments(rp)
     # Listed here for --help only; handled above, before parsing.
     sub.add_parser("prune", help="delete one run's protocol objects of windows older than the chain's current "
                                  "window minus N (dry run by default; see: prune --help)")
-    from . import inspection
+    from .ops import inspection
     ins = sub.add_parser("inspect", help="read one protocol object (a file or s3://bucket/key), run every check, "
                                          "print its metadata and ok or the reason it is refused")
     inspection.add_arguments(ins)
 
     args = parser.parse_args(argv)
     if args.command == "report":
-        return reports.main(args)
+        return report_command.main(args)
     if args.command == "inspect":
         return inspection.main(args)
     if args.command == "swarm":

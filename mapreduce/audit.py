@@ -31,17 +31,17 @@ import torch
 
 from storage import NotFound, ObjectInfo, PreconditionFailed, StorageError
 
-from . import hashtree, keys, strictjson
-from .codec import Expect, ObjectMeta
 from .errors import InvalidObject, MalformedHeader, NoBucketOnChain, ProtocolError
-from .names import check_hotkey
 from .network import Bucket, Network
-from .partial import RangeReader
 from .plan import Segment
-from .proof import chunk_rows
-from .records import SHA256, UploadRecord
 from .reduce import reduce_slices
 from .windows import from_the_future, on_time
+from .wire import hashtree, keys, strictjson
+from .wire.codec import Expect, ObjectMeta
+from .wire.names import check_hotkey
+from .wire.partial import RangeReader
+from .wire.proof import chunk_rows
+from .wire.records import SHA256, UploadRecord
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tens
     """``||o - r|| / (||r|| + eps)`` over ``ranges``: ``o`` read through ``output``, ``r`` recomputed.
 
     With ``proof``, the output's proof-of-possession rows of every input chunk read are checked as well
-    (:mod:`mapreduce.proof`), at no extra cost in input reads.
+    (:mod:`mapreduce.wire.proof`), at no extra cost in input reads.
     """
     async def one(start: int, end: int) -> tuple[float, float]:
         # The output's and the inputs' reads at once (each a few KiB: latency-bound); the sum below still adds the

@@ -4,7 +4,7 @@ The sender pays about one copy per replica in upload; the receivers' downloads c
 the sender's, so the sender's egress does not grow with the number of receivers. Miners run nothing for it: the
 sender writes each segment straight into the buckets of the miners the broadcast plan assigns it (with the same
 write-once keys peers use for inputs), and validators reward miners for keeping those copies readable and quick
-(:mod:`mapreduce.hosting`). Wire rules are in :mod:`mapreduce.broadcast_record`.
+(:mod:`mapreduce.hosting`). Wire rules are in :mod:`mapreduce.wire.broadcast_record`.
 
 ::
 
@@ -31,9 +31,6 @@ import torch
 
 from storage import NotFound, ObjectTooLarge, StorageError
 
-from . import keys
-from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
-from .codec import ObjectMeta, check_finite, decode, encode
 from .directory import Directory
 from .errors import BroadcastFailed, HashMismatch, InvalidObject, JunkKey, NoBucketOnChain
 from .flat import flatten, unflatten
@@ -41,6 +38,9 @@ from .network import Network
 from .plan import Plan, Segment
 from .trust import order_replicas, trusted_scores
 from .windows import on_time
+from .wire import keys
+from .wire.broadcast_record import BroadcastRecord, copy_expect, record_max_bytes
+from .wire.codec import ObjectMeta, check_finite, decode, encode
 from .writes import write_copies, write_own
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Broadcaster:
         phases = self.net.phases(window)
         if await self.net.block() >= phases.upload_deadline:
             raise BroadcastFailed(f"window {window}'s upload phase is over; broadcast in a later window")
-        plan = await broadcast_plan(self.net, window, self.hotkey)
+        plan = await self.net.broadcast_plan(window, self.hotkey)
         directory = await self.net.directory(window)
         receipt = BroadcastReceipt(window, self.hotkey, tensor_bytes=flat.numel() * flat.element_size())
         cutoff = self.net.phase_end(phases.upload_deadline)  # a copy stored after it would not count
@@ -216,7 +216,7 @@ class Broadcaster:
         """
         started = time.monotonic()
         rejected: Counter = Counter()
-        plan = await broadcast_plan(self.net, window, sender)
+        plan = await self.net.broadcast_plan(window, sender)
         directory = await self.net.directory(window)
         excluded = directory.exclusion(sender, "peer")
         if excluded is not None:

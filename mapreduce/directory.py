@@ -24,7 +24,7 @@ from storage import InvalidEndpoint, check_endpoint
 
 from .chain.base import MAX_COMMITMENT_BYTES, Neuron
 from .errors import InvalidObject, NoBucketOnChain, NotAllowed, UnknownHotkey
-from .names import check_bucket, check_hotkey
+from .wire.names import check_bucket, check_hotkey
 
 if TYPE_CHECKING:
     from .spec import RunSpec

@@ -129,7 +129,7 @@ class MalformedReport(InvalidObject):
 
 class JunkKey(InvalidObject):
     """A key in a listing that no participant wrote: not of the protocol's layout, not by a participant of the
-    window in that role, or with a key tag that is not its writer's signature for this bucket (mapreduce/keys.py).
+    window in that role, or with a key tag that is not its writer's signature for this bucket (mapreduce/wire/keys.py).
     Dropped before anything is read."""
 
     reason = "junk_key"

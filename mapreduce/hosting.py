@@ -11,7 +11,7 @@ After a window's reduce deadline a validator:
    and records are counted by reason and cost no miner anything;
 3. with a seed nobody knew before the reduce deadline, samples up to ``segments_per_miner`` of each miner's hosting
    duties and reads each sampled copy's header and ``ranges_per_segment`` element ranges with ranged GETs
-   (:class:`~mapreduce.partial.RangeReader`: signature, hash tree), checking the copy's hash is the recorded one;
+   (:class:`~mapreduce.wire.partial.RangeReader`: signature, hash tree), checking the copy's hash is the recorded one;
 4. times those reads from its own side, and scores each copy (:func:`mapreduce.scoring.hosting_score`).
 """
 from __future__ import annotations
@@ -26,16 +26,16 @@ from dataclasses import dataclass
 
 from storage import NotFound, ObjectTooLarge, StorageError
 
-from . import keys
 from .audit import ReaderCache
-from .broadcast_record import BroadcastRecord, broadcast_plan, copy_expect, record_max_bytes
 from .errors import InvalidObject, Late, NoBucketOnChain
 from .listing import genuine, list_capped
 from .network import Network
-from .partial import RangeReader
 from .plan import Segment, segment_bounds
 from .scoring import HostingCheck, ScoringConfig, hosting_score
 from .windows import on_time
+from .wire import keys
+from .wire.broadcast_record import BroadcastRecord, copy_expect, record_max_bytes
+from .wire.partial import RangeReader
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ async def _record(net: Network, window: int, sender: str, deadline: float, rejec
         excluded = directory.exclusion(sender, "peer")
         if excluded is not None:
             raise excluded
-        plan = await broadcast_plan(net, window, sender)
+        plan = await net.broadcast_plan(window, sender)
         bucket = await net.bucket(window, sender)
         key = str(keys.broadcast_record_key(net.spec.run_id, window, sender))
         info = await bucket.store.head(bucket.name, key)

@@ -19,16 +19,16 @@ import torch
 
 from storage import ObjectInfo, ObjectTooLarge, StorageError
 
-from . import keys
-from .codec import decode
 from .errors import InvalidObject, Late
-from .keys import ObjectKey
 from .listing import genuine, list_capped
 from .network import Bucket, Network
 from .plan import Segment
-from .proof import proof_rows
 from .reduce import Accumulator
 from .windows import from_the_future, on_time
+from .wire import keys
+from .wire.codec import decode
+from .wire.keys import ObjectKey
+from .wire.proof import proof_rows
 
 log = logging.getLogger(__name__)
 

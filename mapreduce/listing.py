@@ -5,7 +5,7 @@ comes. It is capped (:func:`list_capped`; a listing past its cap falls back to o
 writer, so junk can cost a few more requests but cannot hide a participant's key or grow memory), and every key
 is checked before anything is read (:func:`genuine`), cheapest first: the protocol's layout, the run, window, role
 and segment wanted, a participant of the window in that role, and the key tag, the writer's own signature for
-this bucket (:mod:`mapreduce.keys`). What fails is counted by reason and never fetched.
+this bucket (:mod:`mapreduce.wire.keys`). What fails is counted by reason and never fetched.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Callable
 from storage import ListingTooLong, ObjectInfo
 
 from .errors import InvalidObject, JunkKey
-from .keys import TAGGED, ObjectKey, tag_valid
 from .network import Bucket
+from .wire.keys import TAGGED, ObjectKey, tag_valid
 
 log = logging.getLogger(__name__)
 

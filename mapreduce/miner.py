@@ -24,18 +24,18 @@ import torch
 
 from storage import NotFound, StorageError
 
-from . import keys, strictjson
 from .audit import mean_digest
-from .codec import ObjectMeta, decode, encode
 from .directory import BucketLocation
 from .errors import InvalidObject, PhaseOver, ProtocolError
 from .inputs import reduce_segment
 from .network import Bucket, Network
 from .observers import Observers
 from .plan import Segment
-from .proof import proof_salt
 from .trust import standing_line
 from .windows import settle_time
+from .wire import keys, strictjson
+from .wire.codec import ObjectMeta, decode, encode
+from .wire.proof import proof_salt
 from .writes import write_own
 
 log = logging.getLogger(__name__)

@@ -20,14 +20,14 @@ from typing import Awaitable, Callable, TypeVar
 from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
 
 from .chain.base import Chain
-from . import hashtree
-from .codec import Expect, expected_object_bytes
 from .directory import Admission, BucketLocation, Directory
 from .errors import PhaseOver
 from .plan import Plan, Segment, make_plan
-from .signing import Signer
 from .spec import RunSpec
 from .windows import Phases, settle_time
+from .wire import hashtree
+from .wire.codec import Expect, expected_object_bytes
+from .wire.signing import Signer
 
 WIRE_CODES = {"float32": "F32", "bfloat16": "BF16"}
 T = TypeVar("T")
@@ -108,7 +108,7 @@ class StorePool:
 @dataclass(frozen=True)
 class Bucket:
     """A participant's bucket, opened: the store that reaches it, its name, and its owner's hotkey (key tags of
-    objects others write into a miner's bucket are made for that owner: mapreduce/keys.py)."""
+    objects others write into a miner's bucket are made for that owner: mapreduce/wire/keys.py)."""
 
     store: ObjectStore
     name: str
@@ -250,6 +250,15 @@ class Network:
             self._plans = {w: v for w, v in self._plans.items() if w >= window - 2}
             self._plans[window] = p
         return p
+
+    async def broadcast_plan(self, window: int, sender: str) -> Plan:
+        """Which miners hold each segment of ``sender``'s broadcast in ``window``: the run's plan function over the
+        same miners, seeded with ``broadcast|{sender}|{hash of the window's first block}``; waits for that block."""
+        seed_block = self.phases(window).plan_seed_block
+        await self.wait_for_block(seed_block)
+        directory = await self.directory(window)
+        block_hash = await self.block_hash(seed_block)
+        return make_plan(self.spec, window, f"broadcast|{sender}|{block_hash}", directory.miners)
 
     async def sample_seed(self, window: int) -> bytes:
         """Unknown to anyone before the window's reduce deadline: the deadline block's hash does not exist yet."""

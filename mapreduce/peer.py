@@ -28,11 +28,9 @@ import torch
 
 from storage import ListingTooLong, ObjectInfo, ObjectTooLarge, StorageError
 
-from . import keys
 from .audit import (ReaderCache, Wrong, check_against_records, check_proof_shape, differing_ranges, impossible_stamp,
                     listed_inputs, listed_mean, mean_digest, open_listed_inputs, read_records, recompute_difference,
                     sample_ranges)
-from .codec import Encoded, Expect, ObjectMeta, check_finite, decode, encode, header_end
 from .directory import BucketLocation
 from .errors import Late, NoBucketOnChain, NotAParticipant, ProtocolError
 from .flat import flatten, unflatten
@@ -40,10 +38,12 @@ from .inputs import InputRef, download_listed, fetch_input, reduce_segment
 from .listing import list_capped
 from .network import Bucket, Network
 from .plan import Plan, Segment
-from .proof import proof_salt
-from .records import MAX_SERVED, Evidence, SegmentUpload, Served, UploadRecord
 from .watch import OutputWatch
 from .windows import on_time, settle_time
+from .wire import keys
+from .wire.codec import Encoded, Expect, ObjectMeta, check_finite, decode, encode, header_end
+from .wire.proof import proof_salt
+from .wire.records import MAX_SERVED, Evidence, SegmentUpload, Served, UploadRecord
 from .writes import write_copies, write_own
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterable
 
-from .names import check_hotkey
 from .spec import RunSpec
+from .wire.names import check_hotkey
 
 
 @dataclass(frozen=True)

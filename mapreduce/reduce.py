@@ -25,7 +25,7 @@ class Accumulator:
         self._last: str | None = None
         self.hotkeys: list[str] = []
         self.hashes: list[str] = []
-        self.tags: list[str] = []  # the key tag each input was read under (mapreduce/keys.py)
+        self.tags: list[str] = []  # the key tag each input was read under (mapreduce/wire/keys.py)
         self.proofs: list[torch.Tensor] = []
 
     def add(self, hotkey: str, sha256: str, values: torch.Tensor, proof: torch.Tensor | None = None,

@@ -17,8 +17,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .names import check_hotkey, check_run_id
 from .windows import WindowConfig
+from .wire.names import check_hotkey, check_run_id
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

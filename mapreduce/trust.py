@@ -14,7 +14,7 @@ stake-weighted mean of the trusted validators' EMAs.
 
 What it is used for, kept deliberately small: receivers of a broadcast order each segment's replicas with it
 (:func:`order_replicas`), and a miner logs its standing with the trusted validators every window
-(:func:`standing_line`). A report is a signed object (:mod:`mapreduce.records`): a bucket that others can write
+(:func:`standing_line`). A report is a signed object (:mod:`mapreduce.wire.records`): a bucket that others can write
 cannot forge standing.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Mapping, Sequence
 from storage import NotFound, ObjectTooLarge, StorageError
 
 from .errors import InvalidObject, MalformedReport, NoBucketOnChain
-from .keys import report_key
 from .network import Network
-from .records import MAX_REPORT_BYTES, decode_report
+from .wire.keys import report_key
+from .wire.records import MAX_REPORT_BYTES, decode_report
 
 log = logging.getLogger(__name__)
 

@@ -36,23 +36,23 @@ import torch
 
 from storage import ListingTooLong, NotFound, ObjectInfo, PreconditionFailed, StorageError
 
-from . import hashtree, keys
 from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, listed_mean,
                     open_listed_inputs, read_records, recompute_difference, sample_ranges)
-from .codec import parse_header
 from .errors import InvalidObject, Late, NoBucketOnChain
 from .hosting import HostingConfig, check_hosting, hosting_lines
 from .inputs import InputRef, counted, fetch_input
-from .keys import ObjectKey
 from .listing import PER_WRITER_KEYS, cap_for, genuine, list_capped
 from .network import Bucket, Network
 from .observers import Observers
-from .partial import RangeReader
 from .plan import Plan, Segment
-from .proof import proof_salt
-from .records import Evidence, encode_report
 from .scoring import HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segment_score, window_scores
 from .windows import settle_time
+from .wire import hashtree, keys
+from .wire.codec import parse_header
+from .wire.keys import ObjectKey
+from .wire.partial import RangeReader
+from .wire.proof import proof_salt
+from .wire.records import Evidence, encode_report
 from .writes import write_own
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ class Validator:
 
     async def read_evidence(self, plan: Plan, obs: Observation, checks: list[SegmentCheck], rng: random.Random,
                             rejected: Counter) -> None:
-        """Read the evidence of a few peers chosen at random (:class:`~mapreduce.records.Evidence`). A miner that
+        """Read the evidence of a few peers chosen at random (:class:`~mapreduce.wire.records.Evidence`). A miner that
         signed two different outputs for one segment, or served a peer an output other than the one we pinned,
         gets 0 on every check of the window: it showed us one thing and peers another."""
         directory = await self.net.directory(plan.window)

@@ -1,7 +1,7 @@
 """Where the miners' outputs of one window are: one listing per miner per poll round, with backoff.
 
 A reader that wants several segments from one miner asks once for all of them: the miner's outputs share the prefix
-``{run}/w{window}/out/`` in its bucket (:mod:`mapreduce.keys`), so one small listing per miner per round finds
+``{run}/w{window}/out/`` in its bucket (:mod:`mapreduce.wire.keys`), so one small listing per miner per round finds
 every output it has written, instead of a listing per segment. Rounds start every ``poll_interval`` seconds and
 back off (x1.5) to ``max_poll_interval`` while nothing new appears; a miner is polled only while some segment is
 still wanted from it. After the reduce deadline the watch polls once more and closes: what it has not seen then
@@ -19,12 +19,12 @@ from collections import Counter
 
 from storage import ListingTooLong, ObjectInfo, StorageError
 
-from . import keys
 from .errors import InvalidObject, NoBucketOnChain
-from .keys import ObjectKey
 from .listing import PER_WRITER_KEYS, cap_for
 from .network import Network
 from .plan import Plan
+from .wire import keys
+from .wire.keys import ObjectKey
 
 log = logging.getLogger(__name__)
 

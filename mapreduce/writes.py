@@ -4,7 +4,7 @@ Both are write-once (``If-None-Match: *``), and both treat a key that is already
 success: *whose object is it?*
 
 - **Copies** (a peer's inputs, a sender's broadcast segments) go to each replica miner's bucket under a key ending
-  in a fresh tag made for that bucket (:func:`mapreduce.keys.make_tag`), which nobody can predict. A key found
+  in a fresh tag made for that bucket (:func:`mapreduce.wire.keys.make_tag`), which nobody can predict. A key found
   taken holds our object only if its bytes are ours (an earlier attempt of ours landed); anything else is
   :class:`~mapreduce.errors.Squatted`, an error for that replica, never counted as stored.
 - **Own objects** (a miner's outputs, a peer's records, a validator's reports) go to the writer's own bucket with
@@ -20,9 +20,9 @@ from typing import Awaitable, Callable
 
 from storage import PreconditionFailed, StorageError
 
-from . import keys
 from .errors import ProtocolError, Squatted
 from .network import Bucket, Network
+from .wire import keys
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -31,6 +30,7 @@ from botocore import UNSIGNED
 from botocore.exceptions import ClientError
 
 from .config import MiB, RetryConfig, S3Config, TransferConfig
+from .info import ObjectInfo
 from .endpoint import _check as _check_endpoint
 from .errors import (
     AccessDenied,
@@ -77,16 +77,6 @@ MAX_RESPONSE_BODY = 32 * MiB
 _MAX_TOKEN = 16 * 1024
 # Sizes are S3 "Long"s: anything above is not a size, whatever the server says.
 _MAX_SIZE = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What the server knows about a stored object. ``etag`` is unquoted; ``last_modified`` is tz-aware UTC."""
-
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime
 
 
 def _utc(value: datetime) -> datetime:

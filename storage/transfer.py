@@ -13,14 +13,13 @@ import io
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from .config import MAX_PARTS, MiB
+from .config import MAX_PARTS, MiB, TransferConfig
 from .errors import MalformedResponse, PreconditionFailed, StorageError
+from .info import ObjectInfo
 from .retry import TruncatedBody
-
-if TYPE_CHECKING:
-    from .client import ObjectInfo, ObjectStore
+from .stats import TransferStats
 
 __all__ = [
     "BodyStream", "gather_bounded", "read_into", "multipart_put", "ranged_get", "range_length", "md5_etag",
@@ -30,6 +29,26 @@ __all__ = [
 log = logging.getLogger("storage.transfer")
 
 T = TypeVar("T")
+
+
+class ObjectStore(Protocol):
+    """What the transfers use of :class:`storage.client.ObjectStore`, whose halves they are: its client, its one
+    retried call, its settings and counters (a protocol, so this module does not import the client)."""
+
+    transfer: TransferConfig
+    stats: TransferStats
+
+    @property
+    def _client(self) -> Any: ...
+
+    async def _call(self, operation: str, bucket: str | None, key: str | None,
+                    attempt: Callable[[int], Awaitable[T]], *, ranged: bool = False,
+                    target: str | None = None) -> T: ...
+
+    async def _matching_object(self, bucket: str, key: str, size: int, etag: str) -> ObjectInfo | None: ...
+
+    @staticmethod
+    def _info_from_put(bucket: str, key: str, size: int, resp: dict[str, Any], operation: str) -> ObjectInfo: ...
 
 
 _SEND_CHUNK = 256 * 1024

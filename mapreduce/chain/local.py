@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 
+from ..wire.signing import verify
 from .base import (
     Chain,
     ChainError,
@@ -45,7 +46,6 @@ from .base import (
     normalize_row,
     sign,
 )
-from ..signing import verify
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0

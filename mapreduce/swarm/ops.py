@@ -7,35 +7,14 @@ draws the peers' loss curve; the figures go to ``<run dir>/plots/`` and the comm
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from storage import EmbeddedS3
 
-if TYPE_CHECKING:
-    from .orchestrator import Swarm
-
-METRICS_HOST = "127.0.0.1"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str = METRICS_HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def metrics_flags(swarm: Swarm, name: str) -> list[str]:
-    """``--metrics.port`` (and host) for process ``name``; records the port in ``metrics.json``."""
-    port = free_port()
-    swarm.metrics_ports[name] = port
-    (swarm.dir / "metrics.json").write_text(json.dumps(swarm.metrics_ports, indent=1))
-    return ["--metrics.port", str(port), "--metrics.host", METRICS_HOST]
+from .orchestrator import METRICS_HOST, Swarm, package_path
 
 
 def metrics_urls(swarm: Swarm) -> str:
@@ -56,11 +35,11 @@ def report_command(swarm: Swarm, s3: EmbeddedS3) -> tuple[list[str], dict[str, s
 def write_plots(swarm: Swarm, s3: EmbeddedS3, first: int) -> list[Path]:
     """Run ``python -m mapreduce report`` on the validator's bucket, exactly as an operator would, and draw the
     peers' loss curve; both into ``<run dir>/plots``."""
-    from ..plots import plot_loss  # matplotlib only when plotting: the swarm's peers import this package too
+    from ..ops.plots import plot_loss  # matplotlib only when plotting: the swarm's peers import this package too
 
     argv, env = report_command(swarm, s3)
     # --last N: the reports of the swarm's N windows, not those of the idle windows before the peers started.
-    done = subprocess.run([sys.executable, *argv], cwd=swarm.dir, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+    done = subprocess.run([sys.executable, *argv], cwd=swarm.dir, env={**os.environ, **env, "PYTHONPATH": package_path()},
                           capture_output=True, text=True, timeout=120)
     shown = f"MR_S3_ENDPOINT_URL={s3.endpoint_url} MR_S3_ADDRESSING_STYLE=path python {' '.join(argv)}"  # no keys
     (swarm.dir / "logs" / "report.log").write_text(f"$ {shown}\n{done.stdout}{done.stderr}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,21 +23,34 @@ import torch
 from storage import EmbeddedS3
 
 from ..chain.local import LocalChain
-from ..keys import report_key
-from ..records import decode_report
-from ..signing import Signer
 from ..spec import RunSpec
 from ..windows import WindowConfig
+from ..wire.keys import report_key
+from ..wire.records import decode_report
+from ..wire.signing import Signer
 from .config import SwarmConfig  # noqa: F401  (re-exported: the orchestrator's configuration)
 from .model import make_model
-from .ops import metrics_flags
 
 # The keys every process of the swarm publishes for the others (a stand-in for scoped keys: the embedded server
 # accepts any key). Each process still writes its own bucket with the account's keys.
 PUBLIC_KEY_ID = "MRSWARMPUBLICKEY0000"
 PUBLIC_SECRET = "swarm-public-secret-not-the-account-key"
 
-ROOT = Path(__file__).resolve().parents[2]
+# Where the ``mapreduce`` and ``storage`` packages are (a checkout or site-packages): the processes the swarm
+# spawns import them from here, whatever their working directory.
+PACKAGES = Path(__file__).resolve().parents[2]
+METRICS_HOST = "127.0.0.1"
+
+
+def package_path() -> str:
+    """``PYTHONPATH`` for the processes the swarm spawns: where this package is, then what was there already."""
+    return os.pathsep.join([str(PACKAGES), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def free_port(host: str = METRICS_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 @dataclass
@@ -50,7 +64,7 @@ class Swarm:
     def __init__(self, cfg: SwarmConfig):
         self.cfg = cfg
         self.run_id = f"swarm-{int(time.time())}"
-        self.dir = Path(cfg.run_dir or ROOT / "runs" / self.run_id).resolve()
+        self.dir = Path(cfg.run_dir or Path.cwd() / "runs" / self.run_id).resolve()
         self.procs: list[Proc] = []
         self.metrics_ports: dict[str, int] = {}  # process name -> its Prometheus port (swarm/ops.py)
 
@@ -99,10 +113,17 @@ class Swarm:
         self.spec = spec
         return spec
 
+    def _metrics_flags(self, name: str) -> list[str]:
+        """``--metrics.port`` (and host) for process ``name``; records the port in ``metrics.json``."""
+        port = free_port()
+        self.metrics_ports[name] = port
+        (self.dir / "metrics.json").write_text(json.dumps(self.metrics_ports, indent=1))
+        return ["--metrics.port", str(port), "--metrics.host", METRICS_HOST]
+
     def _spawn(self, name: str, argv: list[str], env: dict) -> Proc:
         log = self.dir / "logs" / f"{name}.log"
         f = open(log, "w")
-        popen = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen([sys.executable, *argv], cwd=self.dir, env=env, stdout=f, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -115,19 +136,19 @@ class Swarm:
         env = {**os.environ, "MR_S3_ENDPOINT_URL": endpoint or s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
                "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_REGION": "us-east-1", "MR_S3_ADDRESSING_STYLE": "path",
                "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEY_ID, "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_SECRET,
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_path()}
         common = ["--spec", str(self.dir / "spec.json"), "--chain.local", str(self.dir / "chain.sqlite"),
                   "--netuid", "1", "--wallet.path", str(self.dir / "wallets"), "--wallet.hotkey", "default",
                   "--env-file", str(self.dir / "no.env"), "--s3.connect_timeout", "1",
                   "--s3.read_timeout", str(self.cfg.s3_read_timeout),
                   "--s3.retry_budget", str(self.cfg.s3_retry_budget)]
         for i, m in enumerate(self.ids["miners"]):
-            self._spawn(f"miner-{i}", ["miner.py", "--bucket", m["bucket"], "--wallet.name", f"miner{i}", *common,
-                                       *metrics_flags(self, f"miner-{i}")], env)
+            self._spawn(f"miner-{i}", ["-m", "mapreduce", "miner", "--bucket", m["bucket"], "--wallet.name", f"miner{i}", *common,
+                                       *self._metrics_flags(f"miner-{i}")], env)
         v = self.ids["validators"][0]
-        self._spawn("validator-0", ["validator.py", "--bucket", v["bucket"], "--wallet.name", "validator0",
+        self._spawn("validator-0", ["-m", "mapreduce", "validator", "--bucket", v["bucket"], "--wallet.name", "validator0",
                                     "--state", str(self.dir / "validator-state.json"), *common,
-                                    *metrics_flags(self, "validator-0")], env)
+                                    *self._metrics_flags("validator-0")], env)
         for i in range(self.cfg.peers):
             self._spawn(f"peer-{i}", ["-m", "mapreduce", "peer", "--run-dir", str(self.dir), "--index", str(i)], env)
 

@@ -21,8 +21,8 @@ from storage import RetryConfig, S3Config, TransferConfig
 from ..chain.local import LocalChain
 from ..network import Network, StorePool
 from ..peer import Peer, PeerConfig
-from ..signing import Signer
 from ..spec import RunSpec
+from ..wire.signing import Signer
 from .model import Mixture, make_model
 
 log = logging.getLogger("mapreduce.trainer")

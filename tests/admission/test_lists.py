@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapreduce import keys
+from mapreduce.wire import keys
 from mapreduce.broadcast import Broadcaster
 from mapreduce.chain.base import Neuron
 from mapreduce.directory import Admission, Directory
@@ -27,9 +27,9 @@ from mapreduce.miner import Miner
 from mapreduce.network import Network
 from mapreduce.peer import Peer
 from mapreduce.scoring import ScoringConfig
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
-from mapreduce.records import encode_report
+from mapreduce.wire.records import encode_report
 from mapreduce.trust import order_replicas, standing_line, trusted_scores
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.windows import WindowConfig

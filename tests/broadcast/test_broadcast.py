@@ -10,10 +10,9 @@ from collections import Counter
 import pytest
 import torch
 
-from mapreduce import keys
+from mapreduce.wire import keys
 from mapreduce.broadcast import Broadcaster
-from mapreduce.broadcast_record import broadcast_plan
-from mapreduce.codec import ObjectMeta, encode
+from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.errors import BroadcastFailed
 from mapreduce.network import Network
 from mapreduce.spec import TensorSpec
@@ -79,7 +78,7 @@ async def test_receivers_fall_back_when_a_copy_is_missing_or_bad(cluster_factory
     weights = {"w": torch.randn(60_000, 10)}
     window = await sender.next_window()
     receipt = await sender.broadcast(weights, window=window)
-    plan = await broadcast_plan(sender.net, window, sender.hotkey)
+    plan = await sender.net.broadcast_plan(window, sender.hotkey)
     run = c.spec.run_id
     other = c.signers["peers"][2]
 

@@ -5,10 +5,10 @@ import asyncio
 
 import torch
 
-from mapreduce import keys
+from mapreduce.wire import keys
 from mapreduce.broadcast import Broadcaster
 from mapreduce.hosting import HostingConfig
-from mapreduce.records import decode_report
+from mapreduce.wire.records import decode_report
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.windows import WindowConfig
 

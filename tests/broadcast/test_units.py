@@ -6,13 +6,13 @@ from collections import Counter
 import pytest
 import torch
 
-from mapreduce.broadcast_record import BroadcastRecord, spec_fingerprint
-from mapreduce.codec import Expect, ObjectMeta, decode, encode
+from mapreduce.wire.broadcast_record import BroadcastRecord, spec_fingerprint
+from mapreduce.wire.codec import Expect, ObjectMeta, decode, encode
 from mapreduce.errors import KeyMismatch, MalformedHeader, MetadataMismatch
-from mapreduce.keys import ObjectKey, broadcast_key, broadcast_record_key
+from mapreduce.wire.keys import ObjectKey, broadcast_key, broadcast_record_key
 from mapreduce.plan import make_plan
 from mapreduce.scoring import HostingCheck, ScoringConfig, SegmentCheck, hosting_score, window_scores
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.trust import order_replicas
 

@@ -10,15 +10,15 @@ from collections import Counter
 
 import torch
 
-from mapreduce import keys
-from mapreduce.codec import ObjectMeta, decode, encode
+from mapreduce.wire import keys
+from mapreduce.wire.codec import ObjectMeta, decode, encode
 from mapreduce.errors import InvalidObject, NoBucketOnChain
 from mapreduce.inputs import fetch_input, list_inputs
-from mapreduce.keys import ObjectKey
+from mapreduce.wire.keys import ObjectKey
 from mapreduce.miner import Miner, Produced
 from mapreduce.network import Bucket
 from mapreduce.plan import Segment
-from mapreduce.proof import proof_rows, proof_salt
+from mapreduce.wire.proof import proof_rows, proof_salt
 from mapreduce.reduce import Accumulator
 from storage import NotFound
 

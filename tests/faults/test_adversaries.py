@@ -7,17 +7,17 @@ import asyncio
 import pytest
 import torch
 
-from mapreduce import keys
-from mapreduce.codec import ObjectMeta, encode
+from mapreduce.wire import keys
+from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.errors import InvalidName
 from mapreduce.flat import flatten
-from mapreduce.keys import input_key
+from mapreduce.wire.keys import input_key
 from mapreduce.miner import Miner
-from mapreduce.names import check_bucket, check_hotkey, check_run_id
+from mapreduce.wire.names import check_bucket, check_hotkey, check_run_id
 from mapreduce.peer import Peer
 from mapreduce.plan import segment_bounds
 from mapreduce.scoring import ScoringConfig
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.validator import Validator, ValidatorConfig
 from tests.support.cluster import peer_gradients
 

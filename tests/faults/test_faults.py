@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from mapreduce.codec import ObjectMeta, encode
+from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.flat import flatten
 from mapreduce.inputs import list_inputs
 from mapreduce.miner import Miner

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from bittensor_wallet import Keypair, Wallet
 
-from mapreduce import keys
+from mapreduce.wire import keys
 from mapreduce.flat import flatten
 from mapreduce.errors import InvalidObject
 from mapreduce.peer import Peer
-from mapreduce.records import decode_report
+from mapreduce.wire.records import decode_report
 from mapreduce.scoring import ScoringConfig
 from storage import StorageError
 from tests.support.cluster import PUBLIC_KEYS, peer_gradients
@@ -122,7 +122,7 @@ async def test_killed_miner_and_validator_carry_on(cluster_factory, embedded_s3,
             objs = await bucket.store.list(bucket.name, key)
             if objs:
                 outputs += 1
-                d = __import__("mapreduce.codec", fromlist=["decode"]).decode(
+                d = __import__("mapreduce.wire.codec", fromlist=["decode"]).decode(
                     await bucket.store.get(bucket.name, key), key, net.output_expect(seg, killed, 3))
                 assert d.meta.extra["count"] == "3"
         log = miners[0].log.read_text()

@@ -11,9 +11,9 @@ import struct
 
 import torch
 
-from mapreduce import keys
-from mapreduce.codec import ObjectMeta, encode
-from mapreduce.signing import Signer
+from mapreduce.wire import keys
+from mapreduce.wire.codec import ObjectMeta, encode
+from mapreduce.wire.signing import Signer
 
 
 def nested_json(depth: int = 5000) -> str:

@@ -20,15 +20,15 @@ from typing import Callable
 import pytest
 import torch
 
-from mapreduce import keys
+from mapreduce.wire import keys
 from mapreduce.audit import Wrong, check_proof_shape, listed_inputs, listed_mean, mean_digest
-from mapreduce.broadcast_record import BroadcastRecord, spec_fingerprint
-from mapreduce.codec import Expect, ObjectMeta, _signed_message, decode, encode, expected_object_bytes
+from mapreduce.wire.broadcast_record import BroadcastRecord, spec_fingerprint
+from mapreduce.wire.codec import Expect, ObjectMeta, _signed_message, decode, encode, expected_object_bytes
 from mapreduce.errors import ProtocolError
-from mapreduce.partial import RangeReader
+from mapreduce.wire.partial import RangeReader
 from mapreduce.plan import make_plan
-from mapreduce.records import SegmentUpload, UploadRecord, decode_report, encode_report
-from mapreduce.signing import Signer
+from mapreduce.wire.records import SegmentUpload, UploadRecord, decode_report, encode_report
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 
 MUTATIONS = 5000

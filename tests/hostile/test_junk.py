@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mapreduce import keys
+from mapreduce.wire import keys
 from mapreduce.miner import Miner
 from mapreduce.peer import Peer
 from mapreduce.scoring import ScoringConfig

@@ -23,11 +23,11 @@ from mapreduce.directory import BucketLocation
 from mapreduce.miner import Miner
 from mapreduce.network import Network, StorePool
 from mapreduce.peer import Peer, PeerConfig
-from mapreduce.records import UploadRecord, decode_report
+from mapreduce.wire.records import UploadRecord, decode_report
 from mapreduce.scoring import ScoringConfig
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.validator import Validator, ValidatorConfig
-from mapreduce import keys
+from mapreduce.wire import keys
 from storage import EmbeddedS3, S3Config
 from tests.support.cluster import PUBLIC_KEYS, make_spec, peer_gradients
 from tests.support.hostile_front import HostileFront

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mapreduce.broadcast import Broadcaster
-from mapreduce.broadcast_record import spec_fingerprint
+from mapreduce.wire.broadcast_record import spec_fingerprint
 from mapreduce.errors import BroadcastFailed
 from mapreduce.flat import flatten
 from mapreduce.miner import Miner, Produced
@@ -142,7 +142,7 @@ async def test_a_nested_broadcast_record_is_a_typed_failure(cluster_factory, tmp
     await bad.wait_for_block(c.spec.windows.phases(window).start_block)
     record = attacks.signed(bad.signer, c.spec.run_id, window, "bcast-record", segments=attacks.nested_json(),
                             spec=spec_fingerprint(c.spec), numel=str(c.spec.numel), dtype="F32")
-    from mapreduce import keys
+    from mapreduce.wire import keys
     await attacks.put_raw(bad, bad.hotkey, window, str(keys.broadcast_record_key(c.spec.run_id, window, bad.hotkey)),
                           record)
     receiver = Broadcaster(receiver_net, c.bucket_of("peers", 0))

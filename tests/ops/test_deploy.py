@@ -12,8 +12,8 @@ import tomllib
 
 import pytest
 
-from mapreduce import inspection, prune, reports
-from mapreduce.cli import build_parser, published_location
+from mapreduce.ops import inspection, prune, report_command
+from mapreduce.ops.cli import build_parser, published_location
 from storage import S3Config
 
 from .helpers import ROOT
@@ -26,7 +26,7 @@ EXTERNAL_FLAGS = {"--user-name", "--lifecycle-configuration", "--region", "--pol
 
 def ops_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m mapreduce {command}")
-    {"report": reports.add_arguments, "prune": prune.add_arguments, "inspect": inspection.add_arguments}[command](p)
+    {"report": report_command.add_arguments, "prune": prune.add_arguments, "inspect": inspection.add_arguments}[command](p)
     return p
 
 
@@ -107,8 +107,8 @@ def test_console_scripts_point_at_the_command_lines() -> None:
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))
-    assert scripts["mapreduce-miner"] == "mapreduce.cli:miner_main"
-    assert scripts["mapreduce-validator"] == "mapreduce.cli:validator_main"
+    assert scripts["mapreduce-miner"] == "mapreduce.ops.cli:miner_main"
+    assert scripts["mapreduce-validator"] == "mapreduce.ops.cli:validator_main"
     assert project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"] == ["requirements.txt"]
 
 

@@ -9,11 +9,12 @@ import struct
 import pytest
 import torch
 
-from mapreduce import inspection, keys
-from mapreduce.codec import ObjectMeta, encode
+from mapreduce.ops import inspection
+from mapreduce.wire import keys
+from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.plan import segment_bounds
-from mapreduce.records import encode_report
-from mapreduce.signing import Signer
+from mapreduce.wire.records import encode_report
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 
 from .helpers import mapreduce, s3_env

@@ -13,8 +13,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from mapreduce.cli import SetupError, start_metrics
-from mapreduce.metrics import MinerMetrics, PeerMetrics, ValidatorMetrics
+from mapreduce.ops.cli import SetupError, start_metrics
+from mapreduce.ops.metrics import MinerMetrics, PeerMetrics, ValidatorMetrics
 from mapreduce.miner import Miner, MinerWindowReport, SegmentOutcome
 from mapreduce.peer import Peer
 from mapreduce.scoring import SegmentCheck

@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 import io
 
-from mapreduce.advice import describe
-from mapreduce.progress import TransferProgress, bar
+from mapreduce.ops.advice import describe
+from mapreduce.ops.progress import TransferProgress, bar
 from storage import AccessDenied, RetriesExhausted, TransferStats
 
 MiB = 1024 * 1024

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from mapreduce import keys, prune
+from mapreduce.wire import keys
+from mapreduce.ops import prune
 from mapreduce.chain import LocalChain
 from mapreduce.errors import InvalidName
-from mapreduce.prune import execute, plan_prune
+from mapreduce.ops.prune import execute, plan_prune
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.windows import WindowConfig
 
@@ -26,7 +27,7 @@ FOREIGN = {"a/w00000001/notes.txt", "a/readme", "other/thing"}
 
 def window_keys(run: str, window: int) -> set[str]:
     """Protocol keys of one window, one per kind of object a bucket holds. The only place these tests build keys
-    (through mapreduce/keys.py): the tests themselves assume nothing of the layout beyond the ``{run}/w{window:08d}/``
+    (through mapreduce/wire/keys.py): the tests themselves assume nothing of the layout beyond the ``{run}/w{window:08d}/``
     prefix, so a change of layout is adapted here."""
     return {str(keys.input_key(run, window, 0, P, TAG)), str(keys.output_key(run, window, 0, M)),
             str(keys.record_key(run, window, P)), str(keys.report_key(run, window, V))}

@@ -7,13 +7,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mapreduce import keys, reports
+from mapreduce.wire import keys
+from mapreduce.ops import report_command
 from mapreduce.errors import InvalidObject
-from mapreduce.plots import latency_figure, rejections_figure, scores_figure
-from mapreduce.reports import ReportError, ReportSet, find_reports, parse_report
-from mapreduce.records import encode_report
+from mapreduce.ops.plots import latency_figure, rejections_figure, scores_figure
+from mapreduce.ops.reports import ReportError, ReportSet, find_reports, parse_report
+from mapreduce.wire.records import encode_report
 from mapreduce.scoring import SegmentCheck
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.validator import WindowReport
 from storage import ObjectInfo
 
@@ -42,7 +43,7 @@ def report(window: int, validator: str = V1) -> WindowReport:
 
 
 def signed(r: WindowReport, run: str = "run-x", signer: Signer | None = None) -> bytes:
-    """The report as its validator publishes it: signed (mapreduce/records.py)."""
+    """The report as its validator publishes it: signed (mapreduce/wire/records.py)."""
     signer = signer or SIGNERS["v1"]
     return bytes(encode_report(run, r.window, signer, json.loads(r.to_json())).data)
 
@@ -120,7 +121,7 @@ def test_report_command_says_what_is_wrong(embedded_s3, bucket, tmp_path, monkey
     def run(bucket_name: str) -> tuple[int, str]:
         args = argparse.Namespace(bucket=bucket_name, run=None, validator=None, last=None, out=None,
                                   env_file=".env")
-        code = reports.main(args)
+        code = report_command.main(args)
         return code, capsys.readouterr().out
 
     code, out = run(bucket)

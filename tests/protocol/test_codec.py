@@ -10,16 +10,17 @@ import pytest
 import safetensors.torch
 import torch
 
-from mapreduce import errors, hashtree
-from mapreduce.codec import Expect, ObjectMeta, _header_bytes, _signed_message, decode, encode, parse_header
-from mapreduce.partial import RangeReader
-from mapreduce.signing import Signer
+from mapreduce import errors
+from mapreduce.wire import hashtree
+from mapreduce.wire.codec import Expect, ObjectMeta, _header_bytes, _signed_message, decode, encode, parse_header
+from mapreduce.wire.partial import RangeReader
+from mapreduce.wire.signing import Signer
 
 WRITER = Signer.from_uri("//codec-writer")
 STRANGER = Signer.from_uri("//codec-stranger")
 REGISTERED = {WRITER.hotkey}
 META = ObjectMeta("run-a", 7, "in", WRITER.hotkey, 3)
-TAG = "ab" * 64  # an input's key ends in its writer's key tag (mapreduce/keys.py; the codec does not check it)
+TAG = "ab" * 64  # an input's key ends in its writer's key tag (mapreduce/wire/keys.py; the codec does not check it)
 
 
 def at(meta: ObjectMeta) -> str:

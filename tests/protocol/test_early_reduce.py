@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from mapreduce import keys
-from mapreduce.codec import ObjectMeta, encode
+from mapreduce.wire import keys
+from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.inputs import reduce_segment
 from mapreduce.plan import Segment
 from mapreduce.reduce import Accumulator

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mapreduce.plan import make_plan, segment_bounds
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 
 HOTKEYS = [Signer.from_uri(f"//plan-miner-{i}").hotkey for i in range(12)]

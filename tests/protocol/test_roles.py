@@ -6,13 +6,13 @@ import asyncio
 import pytest
 import torch
 
-from mapreduce import keys
-from mapreduce.codec import ObjectMeta, encode
+from mapreduce.wire import keys
+from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.flat import flatten
 from mapreduce.miner import Miner
 from mapreduce.peer import Peer, PeerConfig
 from mapreduce.plan import segment_bounds
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.scoring import ScoringConfig
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from mapreduce.errors import InvalidName, KeyMismatch
-from mapreduce.keys import ObjectKey, input_key, make_tag, output_key, record_key, tag_valid
-from mapreduce.names import check_bucket, check_hotkey, check_run_id
-from mapreduce.signing import Signer
+from mapreduce.wire.keys import ObjectKey, input_key, make_tag, output_key, record_key, tag_valid
+from mapreduce.wire.names import check_bucket, check_hotkey, check_run_id
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.windows import WindowConfig, on_time
 

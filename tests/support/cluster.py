@@ -15,7 +15,7 @@ import torch
 from mapreduce.chain.local import LocalChain
 from mapreduce.directory import BucketLocation
 from mapreduce.network import Network, StorePool
-from mapreduce.signing import Signer
+from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.windows import WindowConfig
 from storage import RetryConfig, TransferConfig

@@ -7,7 +7,7 @@ counter increments. Storage traffic is read at scrape time from the process's
 :class:`~storage.TransferStats`, so it needs no hook at all.
 
 Every metric lives in the instance's own :class:`~prometheus_client.CollectorRegistry` (tests can make several);
-serving it over HTTP is the command line's business (``mapreduce/cli.py``). The names and their meaning are
+serving it over HTTP is the command line's business (``mapreduce/ops/cli.py``). The names and their meaning are
 listed in ``docs/OPERATIONS.md``; ``tests/ops/test_metrics.py`` keeps that list and this module in step.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from prometheus_client.registry import Collector
 from storage import TransferStats
 
 if TYPE_CHECKING:
-    from .miner import MinerWindowReport
-    from .peer import AllReduceResult
-    from .validator import WindowReport
+    from ..miner import MinerWindowReport
+    from ..peer import AllReduceResult
+    from ..validator import WindowReport
 
 # Seconds: windows last tens of seconds (local chain) to minutes (12 s blocks on finney).
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, float("inf"))

@@ -4,7 +4,7 @@ This is how an operator finds out why an object was refused: it prints the objec
 it, then either ``ok`` or the typed reason a reader would count (``bad_signature``, ``hash_mismatch``,
 ``out_of_bounds``, ...) with its message. Exit code 0 for ok, 1 otherwise; never a traceback, whatever the bytes.
 
-The checks are the readers' own (:mod:`mapreduce.codec`, :mod:`mapreduce.records`, :mod:`mapreduce.audit`):
+The checks are the readers' own (:mod:`mapreduce.wire.codec`, :mod:`mapreduce.wire.records`, :mod:`mapreduce.audit`):
 size cap, header, signature by the hotkey the object names, key against metadata, tensors (against the run spec
 with ``--spec``, else only their form), hash tree, finite values within the spec's bound, and the role's own
 content (an output's input list, a record's rows, a report's JSON). A key tag is checked when the bucket's owner is
@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 
 from storage import ObjectStore, S3Config, StorageError
 
-from . import hashtree, strictjson
-from .audit import check_proof_shape, listed_inputs
-from .codec import DTYPES, Expect, decode, expected_object_bytes
-from .errors import InvalidObject, JunkKey, ProtocolError
-from .keys import ObjectKey, tag_valid
-from .records import UploadRecord, decode_report, report_expect
-from .spec import RunSpec
+from ..audit import check_proof_shape, listed_inputs
+from ..errors import InvalidObject, JunkKey, ProtocolError
+from ..spec import RunSpec
+from ..wire import hashtree, strictjson
+from ..wire.codec import DTYPES, Expect, decode, expected_object_bytes
+from ..wire.keys import ObjectKey, tag_valid
+from ..wire.records import UploadRecord, decode_report, report_expect
 
 _PLACEHOLDER_HOTKEY = "5" + "1" * 47  # a well-formed ss58 string nobody owns
 # Without a run spec, an object may be as large as this before it is refused unread.
@@ -74,7 +74,7 @@ def _expect(md: dict[str, str], tensors: dict, spec: RunSpec | None) -> tuple[Ex
         cap = expected_object_bytes({}, header_slack=spec.max_header_bytes) if spec else DEFAULT_CAP
         return Expect({}, signer, cap), ""
     if spec is not None and role in ("in", "out", "bcast") and md.get("segment", "").isdigit():
-        from .plan import segment_bounds
+        from ..plan import segment_bounds
         segments = segment_bounds(spec.numel, spec.segments)
         index = int(md["segment"])
         if index < len(segments):

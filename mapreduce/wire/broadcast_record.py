@@ -3,11 +3,11 @@
 Shared by the sender and its receivers (:mod:`mapreduce.broadcast`) and by validators checking that miners host
 the copies (:mod:`mapreduce.hosting`), so all three agree on every rule.
 
-- **Plan.** The run's plan function (:func:`mapreduce.plan.make_plan`) over the same segments and miners, seeded
+- **Plan.** The run's plan function (:meth:`mapreduce.network.Network.broadcast_plan`) over the same segments and miners, seeded
   with ``"broadcast|{sender}|{hash of the window's first block}"``: a pure function of public facts that anyone can
   recompute, and different per sender, so two peers broadcasting in one window load different miners.
 - **Copies.** Segment ``i`` is a signed object at ``{run}/w…/bcast/s…/{sender}/{tag}`` in the bucket of each miner
-  the plan gives it (the tag made by the sender for that miner's bucket: mapreduce/keys.py), holding one ``F32``
+  the plan gives it (the tag made by the sender for that miner's bucket: mapreduce/wire/keys.py), holding one ``F32``
   tensor ``data`` of the segment's length. Always fp32, whatever the run's wire
   dtype: a broadcast carries weights, which must arrive bit for bit, and fp32 holds any fp32, bf16 or fp16 value
   exactly.
@@ -23,14 +23,13 @@ import json
 import re
 from dataclasses import dataclass
 
+from ..errors import MalformedHeader, MetadataMismatch, ShapeMismatch
+from ..plan import Plan, Segment
+from ..spec import RunSpec
 from . import strictjson
 from .codec import Encoded, Expect, ObjectMeta, decode, encode, expected_object_bytes
-from .errors import MalformedHeader, MetadataMismatch, ShapeMismatch
 from .keys import ObjectKey, broadcast_key, broadcast_record_key
-from .network import Network
-from .plan import Plan, Segment, make_plan
 from .signing import Signer
-from .spec import RunSpec
 
 DTYPE = "F32"
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -41,15 +40,6 @@ def spec_fingerprint(spec: RunSpec) -> str:
     """sha256 of the run's tensor names and shapes, in order: a receiver with another spec is told so plainly."""
     tensors = [[t.name, list(t.shape)] for t in spec.tensors]
     return hashlib.sha256(json.dumps(tensors, separators=(",", ":")).encode()).hexdigest()
-
-
-async def broadcast_plan(net: Network, window: int, sender: str) -> Plan:
-    """Which miners hold each segment of ``sender``'s broadcast in ``window``; waits for the window's first block."""
-    seed_block = net.phases(window).plan_seed_block
-    await net.wait_for_block(seed_block)
-    directory = await net.directory(window)
-    block_hash = await net.block_hash(seed_block)
-    return make_plan(net.spec, window, f"broadcast|{sender}|{block_hash}", directory.miners)
 
 
 def copy_expect(spec: RunSpec, seg: Segment, sender: str) -> Expect:

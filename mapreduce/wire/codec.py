@@ -1,7 +1,7 @@
 """Signed safetensors objects: the only thing the protocol ever writes or reads.
 
 An object is a standard safetensors file (any safetensors reader can load it) whose ``__metadata__`` carries the
-protocol fields, the sha256 tree of its data (:mod:`mapreduce.hashtree`) and the writer's sr25519 signature over
+protocol fields, the sha256 tree of its data (:mod:`mapreduce.wire.hashtree`) and the writer's sr25519 signature over
 the canonical header. The tree's leaves are a trailing ``__leaves__`` U8 tensor.
 
 :func:`decode` checks everything before trusting a byte, cheapest first, so a forged 256 MiB object costs a
@@ -9,10 +9,10 @@ header parse and a signature check, not a hash of its data: size cap, pickle sni
 field types, dtype whitelist, offsets against the data length, key against metadata, hotkey allowed, signature,
 tensors against the expected spec, hash tree, finite values within the run's bound. Each failure raises its own
 :class:`~mapreduce.errors.InvalidObject` subclass, whatever the bytes: the header is parsed by
-:mod:`mapreduce.strictjson` (no nesting, duplicate keys or non-finite numbers) against a fixed schema. Nothing is
+:mod:`mapreduce.wire.strictjson` (no nesting, duplicate keys or non-finite numbers) against a fixed schema. Nothing is
 unpickled; ``torch.load`` is never called.
 
-:func:`parse_header` is the header-only part, shared with the ranged reader in :mod:`mapreduce.partial`.
+:func:`parse_header` is the header-only part, shared with the ranged reader in :mod:`mapreduce.wire.partial`.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import hashtree, strictjson
-from .errors import (BadSignature, DisallowedDtype, HashMismatch, HeaderTooLarge, KeyMismatch, MalformedHeader,
+from ..errors import (BadSignature, DisallowedDtype, HashMismatch, HeaderTooLarge, KeyMismatch, MalformedHeader,
                      NonFinite, OffsetMismatch, OutOfBounds, Oversized, PickleRejected, ShapeMismatch, Truncated,
                      UnknownHotkey)
+from . import hashtree, strictjson
 from .keys import ObjectKey
 from .signing import Signer, verify
 

@@ -1,26 +1,25 @@
 """A validator's per-window reports, read back from its bucket: ``python -m mapreduce report --bucket NAME``.
 
-The validator writes one signed report per window at ``{run}/w{window:08d}/report/{hotkey}`` (mapreduce/keys.py;
-a JSON body signed by the validator, mapreduce/records.py; the fields are those of
+The validator writes one signed report per window at ``{run}/w{window:08d}/report/{hotkey}`` (mapreduce/wire/keys.py;
+a JSON body signed by the validator, mapreduce/wire/records.py; the fields are those of
 :class:`~mapreduce.validator.WindowReport`). This module finds them, picks one run and one validator, downloads the
-reports, checks each one's signature and form, and hands them to :mod:`mapreduce.plots`, which draws the PNG files.
+reports and checks each one's signature and form. The ``report`` command (:mod:`mapreduce.ops.report_command`)
+hands them to :mod:`mapreduce.ops.plots`, which draws the PNG files.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from storage import ObjectInfo, ObjectStore, S3Config, StorageError
+from storage import ObjectInfo, ObjectStore, StorageError
 
-from . import keys
-from .errors import InvalidObject, MalformedReport, ProtocolError
-from .names import check_bucket, check_run_id
+from ..errors import InvalidObject, MalformedReport
+from ..wire import keys
+from ..wire.names import check_run_id
+from ..wire.records import MAX_REPORT_BYTES, decode_report
 from .progress import bar
-from .records import MAX_REPORT_BYTES, decode_report
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def find_reports(listing: list[ObjectInfo], run: str | None = None,
 async def load_reports(store: ObjectStore, bucket: str, run: str | None = None, validator: str | None = None,
                        last: int | None = None, concurrency: int = 16) -> ReportSet:
     """Download and parse the chosen reports (the ``last`` windows only, if given)."""
-    prefix = f"{check_run_id(run)}/" if run else ""  # a run's objects all start with it (mapreduce/keys.py)
+    prefix = f"{check_run_id(run)}/" if run else ""  # a run's objects all start with it (mapreduce/wire/keys.py)
     listing = await store.list(bucket, prefix)
     run, validator, infos = find_reports(listing, run, validator)
     if last:
@@ -106,7 +105,7 @@ async def load_reports(store: ObjectStore, bucket: str, run: str | None = None, 
 
 
 def parse_report(data: bytes, run: str, window: int, validator: str) -> dict:
-    """A signed report's JSON (mapreduce/records.py), with the fields the plots use checked; InvalidObject (e.g.
+    """A signed report's JSON (mapreduce/wire/records.py), with the fields the plots use checked; InvalidObject (e.g.
     ``bad_signature``, ``malformed_report``) if it is not this validator's report of this window."""
     r = decode_report(data, run, window, validator)
     for name, kind in (("checks", list), ("scores", dict), ("ema", dict), ("rejected", dict)):
@@ -114,50 +113,3 @@ def parse_report(data: bytes, run: str, window: int, validator: str) -> dict:
         if not isinstance(r[name], kind):
             raise MalformedReport(f"field {name!r} is not a {kind.__name__}")
     return r
-
-
-# -- the command -------------------------------------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bucket", required=True, help="the validator's bucket")
-    p.add_argument("--run", default=None, help="run id (default: the run with the most recent report)")
-    p.add_argument("--validator", default=None, metavar="HOTKEY",
-                   help="validator hotkey (needed only if several validators share the bucket)")
-    p.add_argument("--last", type=int, default=None, metavar="N", help="only the last N windows")
-    p.add_argument("--out", type=Path, default=None,
-                   help="directory for the PNG files (default: reports/<run>)")
-    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
-
-
-async def _run(args: argparse.Namespace) -> ReportSet:
-    cfg = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
-    async with ObjectStore(cfg) as store:
-        return await load_reports(store, args.bucket, args.run, args.validator, args.last)
-
-
-def main(args: argparse.Namespace) -> int:
-    """``python -m mapreduce report``: print what was found and where the PNG files are; 0 on success."""
-    from .advice import describe
-    from .plots import render_report
-
-    try:
-        check_bucket(args.bucket)
-        reports = asyncio.run(_run(args))
-    except (ReportError, ProtocolError) as e:
-        print(f"error: {e}")
-        return 1
-    except StorageError as e:
-        print(f"error: {describe(e)}")
-        return 1
-    if not reports.reports:
-        print(f"error: none of the {len(reports.skipped)} reports of run {reports.run} could be read")
-        return 1
-    out = args.out or Path("reports") / reports.run
-    paths = render_report(reports, out)
-    w = reports.windows
-    print(f"run {reports.run}, validator {reports.validator}: {len(w)} windows ({w[0]}..{w[-1]})"
-          + (f", {len(reports.skipped)} unreadable reports skipped" if reports.skipped else ""))
-    for path in paths:
-        print(f"wrote {path}")
-    return 0

@@ -21,22 +21,22 @@ from dotenv import load_dotenv
 
 from storage import RetryConfig, S3Config, StorageError, TransferConfig
 
+from ..chain.base import Chain, ChainError
+from ..chain.local import LocalChain
+from ..chain.subtensor import SubtensorChain
+from ..directory import Admission, BucketLocation, CommitmentError
+from ..errors import ProtocolError
+from ..network import Network, StorePool
+from ..spec import RunSpec
+from ..wire.signing import Signer
 from .advice import describe
-from .chain.base import Chain, ChainError
-from .chain.local import LocalChain
-from .chain.subtensor import SubtensorChain
-from .directory import Admission, BucketLocation, CommitmentError
-from .errors import ProtocolError
-from .network import Network, StorePool
 from .progress import TransferProgress
-from .signing import Signer
-from .spec import RunSpec
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .miner import Miner
-    from .validator import Validator
+    from ..miner import Miner
+    from ..validator import Validator
 
 log = logging.getLogger("mapreduce")
 
@@ -155,8 +155,8 @@ def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
 
 
 async def _serve(role: str, args: argparse.Namespace) -> int:
-    from .miner import Miner
-    from .validator import Validator
+    from ..miner import Miner
+    from ..validator import Validator
 
     try:
         net, wallet, s3 = build_network(args)
@@ -213,7 +213,7 @@ async def _serve(role: str, args: argparse.Namespace) -> int:
 def start_metrics(args: argparse.Namespace, role: str, net: Network, worker: Miner | Validator) -> WSGIServer | None:
     """Serve the role's Prometheus metrics if ``--metrics.port`` is given; returns the server (or None).
 
-    The HTTP exporter is started here, in the command line: the protocol package only counts (mapreduce/metrics.py).
+    The HTTP exporter is started here, in the command line: the protocol package only counts (mapreduce/ops/metrics.py).
     """
     port, host = getattr(args, "metrics.port"), getattr(args, "metrics.host")
     if port is None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .errors import KeyMismatch
+from ..errors import KeyMismatch
 from .names import check_hotkey, check_run_id
 from .signing import Signer, verify
 

@@ -16,9 +16,9 @@ from typing import Awaitable, Callable
 
 import torch
 
+from ..errors import HashMismatch, Oversized, Truncated
 from . import hashtree
 from .codec import DTYPES, Expect, Header, check_finite, header_end, parse_header
-from .errors import HashMismatch, Oversized, Truncated
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 

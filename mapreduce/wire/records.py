@@ -1,13 +1,13 @@
 """Signed records: the upload record a peer writes each window, and a validator's per-window report.
 
 Each kind has one codec here, ``encode`` and ``decode``, so writer and readers cannot drift apart. Both are signed
-protocol objects (:mod:`mapreduce.codec`) in their writer's own bucket; decoding checks the signature, then parses
-the JSON inside with :mod:`mapreduce.strictjson` against a fixed shape, so a record or report that anyone could
+protocol objects (:mod:`mapreduce.wire.codec`) in their writer's own bucket; decoding checks the signature, then parses
+the JSON inside with :mod:`mapreduce.wire.strictjson` against a fixed shape, so a record or report that anyone could
 have written, or that its hostile writer signed, ends as an :class:`~mapreduce.errors.InvalidObject` with a reason,
 never as an exception of another type.
 
 - **Upload record** ``{run}/w…/record/{peer}``: per segment, the content hash of the peer's input and, for each
-  miner that accepted it, the key tag under which it lies there (:mod:`mapreduce.keys`). It says what the peer
+  miner that accepted it, the key tag under which it lies there (:mod:`mapreduce.wire.keys`). It says what the peer
   uploaded where, so a miner that drops the input leaves a trace; and if the record contradicts the peer's own
   signed inputs, the peer is the one at fault.
 - **Report** ``{run}/w…/report/{validator}``: the validator's window report (checks, scores, EMAs) as UTF-8 JSON
@@ -22,13 +22,13 @@ from typing import Any, Mapping
 
 import torch
 
+from ..errors import MalformedHeader, MalformedReport, MetadataMismatch
+from ..spec import RunSpec
+from . import strictjson
 from .codec import Encoded, Expect, ObjectMeta, decode, encode, expected_object_bytes
-from .errors import MalformedHeader, MalformedReport, MetadataMismatch
 from .keys import ObjectKey, input_key, record_key, report_key
 from .names import check_hotkey
 from .signing import Signer
-from .spec import RunSpec
-from . import strictjson
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 _TAG = re.compile(r"[0-9a-f]{128}")

@@ -15,9 +15,9 @@ from storage import (
     StorageError,
 )
 
-from .chain.base import ChainError, ChainTimeout
-from .directory import CommitmentError
-from .errors import InvalidObject, ProtocolError
+from ..chain.base import ChainError, ChainTimeout
+from ..directory import CommitmentError
+from ..errors import InvalidObject, ProtocolError
 
 _ADVICE: list[tuple[type[BaseException], str]] = [
     (AccessDenied, "check that MR_S3_ACCESS_KEY_ID / MR_S3_SECRET_ACCESS_KEY (in the environment or the "

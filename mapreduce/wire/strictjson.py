@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from .errors import InvalidObject, MalformedHeader
+from ..errors import InvalidObject, MalformedHeader
 
 # No protocol JSON nests deeper than this (a header: object -> tensor entry -> shape list; a report: object ->
 # list of checks -> check -> a few fields).

@@ -7,7 +7,7 @@ before it stay. A bucket is no witness of time: others can write keys into a min
 ``{run}/w99999999/...`` must not make every real window look old. So windows newer than the current one are never
 deleted, only reported (they are junk, or clock trouble: a writer ahead of the chain, or this command's chain or
 spec not the run's), and other runs found in the bucket are left alone and reported (each has its own spec: prune
-it with that spec). Only keys of the protocol layout (mapreduce/keys.py) are touched; anything else is left alone
+it with that spec). Only keys of the protocol layout (mapreduce/wire/keys.py) are touched; anything else is left alone
 and counted.
 
 It is a dry run unless ``--delete`` is given. Deleting needs the account's own keys (``MR_S3_*``): the scoped keys
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from storage import ObjectStore, S3Config, StorageError
 
-from . import keys
-from .errors import InvalidObject, ProtocolError
-from .names import check_bucket, check_run_id
+from ..errors import InvalidObject, ProtocolError
+from ..wire import keys
+from ..wire.names import check_bucket, check_run_id
 from .progress import bar
 
 MiB = 2**20
@@ -176,7 +176,7 @@ def _is_protocol_key_of(key: str, run: str, window: int) -> bool:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's flags: ours, then the chain's (``--chain.local``, or the SDK's ``--subtensor.*`` and ``--netuid``,
     as ``miner.py`` takes them). Imports the Bittensor SDK."""
-    from .chain.subtensor import SubtensorChain
+    from ..chain.subtensor import SubtensorChain
 
     p.add_argument("--bucket", required=True, help="the bucket to prune (yours: a miner's, peer's or validator's)")
     p.add_argument("--keep-windows", type=int, required=True, metavar="N",
@@ -234,7 +234,7 @@ async def _run(args: argparse.Namespace, run_id: str, block: int, current_window
 def run(args: argparse.Namespace) -> int:
     """Prune as the parsed flags say; 0 on success, 1 with one ``error: ...`` line (no traceback) on failure."""
     from .advice import describe
-    from .chain.base import ChainError
+    from ..chain.base import ChainError
     from .cli import SetupError, load_spec
 
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidName
+from ..errors import InvalidName
 
 # ss58 addresses are base58 (no 0, O, I, l); Bittensor's are 48 characters.
 _SS58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]{46,48}")

@@ -1,0 +1,1 @@
+"""Operator tooling: the command line, metrics, progress, advice, reports, plots, prune and inspect."""

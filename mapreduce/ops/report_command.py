@@ -1,0 +1,56 @@
+"""``python -m mapreduce report --bucket NAME``: a validator's reports (:mod:`mapreduce.ops.reports`) drawn as PNG
+files (:mod:`mapreduce.ops.plots`)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from storage import ObjectStore, S3Config, StorageError
+
+from ..errors import ProtocolError
+from ..wire.names import check_bucket
+from .advice import describe
+from .plots import render_report
+from .reports import ReportError, ReportSet, load_reports
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bucket", required=True, help="the validator's bucket")
+    p.add_argument("--run", default=None, help="run id (default: the run with the most recent report)")
+    p.add_argument("--validator", default=None, metavar="HOTKEY",
+                   help="validator hotkey (needed only if several validators share the bucket)")
+    p.add_argument("--last", type=int, default=None, metavar="N", help="only the last N windows")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for the PNG files (default: reports/<run>)")
+    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+
+
+async def _run(args: argparse.Namespace) -> ReportSet:
+    cfg = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
+    async with ObjectStore(cfg) as store:
+        return await load_reports(store, args.bucket, args.run, args.validator, args.last)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``python -m mapreduce report``: print what was found and where the PNG files are; 0 on success."""
+    try:
+        check_bucket(args.bucket)
+        reports = asyncio.run(_run(args))
+    except (ReportError, ProtocolError) as e:
+        print(f"error: {e}")
+        return 1
+    except StorageError as e:
+        print(f"error: {describe(e)}")
+        return 1
+    if not reports.reports:
+        print(f"error: none of the {len(reports.skipped)} reports of run {reports.run} could be read")
+        return 1
+    out = args.out or Path("reports") / reports.run
+    paths = render_report(reports, out)
+    w = reports.windows
+    print(f"run {reports.run}, validator {reports.validator}: {len(w)} windows ({w[0]}..{w[-1]})"
+          + (f", {len(reports.skipped)} unreadable reports skipped" if reports.skipped else ""))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
