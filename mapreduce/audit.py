@@ -38,6 +38,7 @@ from .reduce import reduce_slices
 from .windows import from_the_future, on_time
 from .wire import hashtree, keys, strictjson
 from .wire.codec import Expect, ObjectMeta
+from .wire.expect import record_max_bytes
 from .wire.names import check_hotkey
 from .wire.partial import RangeReader
 from .wire.proof import chunk_rows
@@ -166,7 +167,7 @@ async def read_records(net: Network, window: int, peers: list[str], rejected: Co
     one counted in ``rejected`` by reason). Each peer's endpoint gets ``timeout`` seconds: a peer whose server
     stalls only loses its own record."""
     limit = asyncio.Semaphore(concurrency)
-    cap = UploadRecord.max_bytes(net.spec)
+    cap = record_max_bytes(net.spec)
 
     async def one(peer: str) -> UploadRecord | None:
         key = str(keys.record_key(net.spec.run_id, window, peer))

@@ -39,9 +39,10 @@ from .plan import Plan, Segment
 from .trust import order_replicas, trusted_scores
 from .windows import on_time
 from .wire import keys
-from .wire.broadcast_record import BroadcastRecord, copy_expect, record_max_bytes
-from .wire.codec import ObjectMeta, check_finite, decode, encode
-from .writes import write_copies, write_own
+from .wire.broadcast_record import BroadcastRecord
+from .wire.codec import check_finite, decode
+from .wire.expect import copy_expect, record_max_bytes
+from .writes import sign_and_copy, write_own
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +167,11 @@ class Broadcaster:
 
     async def _send_segment(self, plan: Plan, directory: Directory, seg: Segment, flat: torch.Tensor,
                             receipt: BroadcastReceipt, cutoff: asyncio.Future) -> None:
-        async with self._sem:
-            meta = ObjectMeta(self.net.spec.run_id, plan.window, "bcast", self.hotkey, seg.index)
-            obj = await asyncio.to_thread(encode, meta, {"data": flat[seg.start:seg.end]}, self.net.signer)
-        receipt.sha256[seg.index] = obj.sha256
         replicas = plan.miners_for(seg.index)
         miners = [m for m in replicas if directory.accepts(m)]  # our own lists exclude the rest: no copy
-        copies = await write_copies(self.net, plan.window, seg.index, "bcast", miners, obj.data, self._sem, cutoff)
+        copies = await sign_and_copy(self.net, plan.window, seg, "bcast", flat[seg.start:seg.end], torch.float32,
+                                     miners, self._sem, cutoff)
+        receipt.sha256[seg.index] = copies.sha256
         receipt.bytes_uploaded += copies.bytes_sent
         failed = sorted(set(copies.failed) | (set(replicas) - set(miners)))
         if failed:

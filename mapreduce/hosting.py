@@ -17,15 +17,15 @@ After a window's reduce deadline a validator:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from storage import NotFound, ObjectTooLarge, StorageError
 
+from . import seeds
 from .audit import ReaderCache
 from .errors import InvalidObject, Late, NoBucketOnChain
 from .listing import genuine, list_capped
@@ -34,7 +34,8 @@ from .plan import Segment, segment_bounds
 from .scoring import HostingCheck, ScoringConfig, hosting_score
 from .windows import on_time
 from .wire import keys
-from .wire.broadcast_record import BroadcastRecord, copy_expect, record_max_bytes
+from .wire.broadcast_record import BroadcastRecord
+from .wire.expect import copy_expect, record_max_bytes
 from .wire.partial import RangeReader
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HostingConfig:
-    """How much of each miner's hosting a validator samples per window: copies, and element ranges in each."""
+    """How much of each miner's hosting a validator samples per window: copies, and element ranges in each. Every
+    field is a ``--validator.hosting.<field>`` flag: its meaning is the ``help`` of its metadata."""
 
-    segments_per_miner: int = 2
-    ranges_per_segment: int = 2
-    range_elements: int = 1024
-    concurrency: int = 8
-    check_timeout: float = 60.0  # seconds one copy's check may take; a slower miner's endpoint loses the check
-    list_timeout: float = 10.0  # seconds one listing of a miner's copies, or one sender's record, may take
+    segments_per_miner: int = field(default=2, metadata={
+        "help": "broadcast copies each miner hosts that are checked per window, drawn at random"})
+    ranges_per_segment: int = field(default=2, metadata={"help": "element ranges read from each checked copy"})
+    range_elements: int = field(default=1024, metadata={"help": "elements in each range read"})
+    concurrency: int = field(default=8, metadata={"help": "copies checked at once"})
+    check_timeout: float = field(default=60.0, metadata={
+        "help": "seconds one copy's check may take; a miner whose endpoint is slower loses the check"})
+    list_timeout: float = field(default=10.0, metadata={
+        "help": "seconds one listing of a miner's copies, or one sender's record, may take"})
 
 
 async def _hosted(net: Network, window: int, miner: str, rejected: Counter) -> set[str]:
@@ -129,7 +134,7 @@ async def check_hosting(net: Network, window: int, cfg: HostingConfig, scoring: 
     Miners this process's own lists exclude are not checked (the reduce checks count them).
     """
     seed = await net.sample_seed(window)
-    rng = random.Random(hashlib.sha256(b"hosting|" + seed).digest())  # independent of the reduce samples
+    rng = random.Random(seeds.hosting_stream(seed))  # independent of the reduce samples
     directory = await net.directory(window)
     miners = [m for m in directory.miners if directory.accepts(m)]
     deadline = await net.block_timestamp(net.phases(window).upload_deadline)

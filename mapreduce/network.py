@@ -12,24 +12,23 @@ anonymous requests. The account's keys are never sent to an endpoint someone els
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, TypeVar
 
 from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
 
+from . import seeds
 from .chain.base import Chain
 from .directory import Admission, BucketLocation, Directory
 from .errors import PhaseOver
 from .plan import Plan, Segment, make_plan
 from .spec import RunSpec
 from .windows import Phases, settle_time
-from .wire import hashtree
-from .wire.codec import Expect, expected_object_bytes
+from .wire.codec import Expect
+from .wire.expect import input_expect, output_expect
 from .wire.signing import Signer
 
-WIRE_CODES = {"float32": "F32", "bfloat16": "BF16"}
 T = TypeVar("T")
 
 
@@ -258,14 +257,14 @@ class Network:
         await self.wait_for_block(seed_block)
         directory = await self.directory(window)
         block_hash = await self.block_hash(seed_block)
-        return make_plan(self.spec, window, f"broadcast|{sender}|{block_hash}", directory.miners)
+        return make_plan(self.spec, window, seeds.broadcast_block(sender, block_hash), directory.miners)
 
     async def sample_seed(self, window: int) -> bytes:
         """Unknown to anyone before the window's reduce deadline: the deadline block's hash does not exist yet."""
         seed_block = self.phases(window).sample_seed_block
         await self.wait_for_block(seed_block)
         block_hash = await self.block_hash(seed_block)
-        return hashlib.sha256(f"sample|{self.spec.run_id}|{window}|{block_hash}".encode()).digest()
+        return seeds.sample_seed(self.spec.run_id, window, block_hash)
 
     async def bucket(self, window: int, hotkey: str) -> Bucket:
         """``hotkey``'s bucket as published on chain for ``window``; our own with our account's keys."""
@@ -277,19 +276,9 @@ class Network:
     # -- what readers expect ---------------------------------------------------------------------------------------
 
     def segment_expect(self, segment: Segment, allowed) -> Expect:
-        """An input of one segment: a single wire-dtype vector named ``data``, within the run's value bound."""
-        tensors = {"data": (WIRE_CODES[self.spec.wire_dtype], (segment.numel,))}
-        return Expect(tensors, allowed=allowed,
-                      max_bytes=expected_object_bytes(tensors, header_slack=self.spec.max_header_bytes),
-                      max_header_bytes=self.spec.max_header_bytes, max_abs=self.spec.max_abs_value)
+        """An input of one segment (:func:`mapreduce.wire.expect.input_expect`)."""
+        return input_expect(self.spec, segment, allowed)
 
     def output_expect(self, segment: Segment, miner: str, max_inputs: int) -> Expect:
-        """A miner's output: the reduced ``data`` and one ``proof`` row per data chunk and input (chunk-major)."""
-        chunks = hashtree.leaf_count(segment.numel * self.spec.torch_wire_dtype.itemsize)
-        tensors = {"data": (WIRE_CODES[self.spec.wire_dtype], (segment.numel,)),
-                   "proof": ("U8", (chunks, None, hashtree.PROOF_BYTES))}
-        largest = {"data": tensors["data"], "proof": ("U8", (chunks, max(1, max_inputs), hashtree.PROOF_BYTES))}
-        # The mean of inputs within the bound is within it too.
-        return Expect(tensors, allowed=lambda h: h == miner,
-                      max_bytes=expected_object_bytes(largest, header_slack=self.spec.max_header_bytes),
-                      max_header_bytes=self.spec.max_header_bytes, max_abs=self.spec.max_abs_value)
+        """A miner's output (:func:`mapreduce.wire.expect.output_expect`)."""
+        return output_expect(self.spec, segment, miner, max_inputs)

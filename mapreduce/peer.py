@@ -41,10 +41,10 @@ from .plan import Plan, Segment
 from .watch import OutputWatch
 from .windows import on_time, settle_time
 from .wire import keys
-from .wire.codec import Encoded, Expect, ObjectMeta, check_finite, decode, encode, header_end
+from .wire.codec import Expect, check_finite, decode, header_end
 from .wire.proof import proof_salt
 from .wire.records import MAX_SERVED, Evidence, SegmentUpload, Served, UploadRecord
-from .writes import write_copies, write_own
+from .writes import sign_and_copy, write_own
 
 log = logging.getLogger(__name__)
 
@@ -207,16 +207,12 @@ class Peer:
 
     async def _upload_segment(self, plan: Plan, seg: Segment, flat: torch.Tensor, receipt: UploadReceipt,
                               cutoff: asyncio.Future) -> None:
-        spec = self.net.spec
-        async with self._sem:
-            piece = flat[seg.start:seg.end].to(spec.torch_wire_dtype)
-            meta = ObjectMeta(spec.run_id, plan.window, "in", self.hotkey, seg.index)
-            obj: Encoded = await asyncio.to_thread(encode, meta, {"data": piece}, self.net.signer)
-        receipt.sha256[seg.index] = obj.sha256
         directory = await self.net.directory(plan.window)
         # the run's lists shaped the plan; this process's own lists only narrow whom we use
         miners = [m for m in plan.miners_for(seg.index) if directory.accepts(m)]
-        copies = await write_copies(self.net, plan.window, seg.index, "in", miners, obj.data, self._sem, cutoff)
+        copies = await sign_and_copy(self.net, plan.window, seg, "in", flat[seg.start:seg.end],
+                                     self.net.spec.torch_wire_dtype, miners, self._sem, cutoff)
+        receipt.sha256[seg.index] = copies.sha256
         receipt.bytes_uploaded += copies.bytes_sent
         if copies.stored:
             receipt.stored_at[seg.index] = [m for m, _ in copies.stored]

@@ -7,10 +7,10 @@ once the block exists) and segment replicas are dealt round-robin over that orde
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Iterable
 
+from . import seeds
 from .spec import RunSpec
 from .wire.names import check_hotkey
 
@@ -62,7 +62,7 @@ class Plan:
 
 
 def plan_seed(spec: RunSpec, window: int, block_hash: str) -> str:
-    return hashlib.sha256(f"plan|{spec.run_id}|{window}|{block_hash}".encode()).hexdigest()
+    return seeds.plan_seed(spec.run_id, window, block_hash)
 
 
 def make_plan(spec: RunSpec, window: int, block_hash: str, miners: Iterable[str]) -> Plan:
@@ -76,7 +76,7 @@ def make_plan(spec: RunSpec, window: int, block_hash: str, miners: Iterable[str]
     segments = segment_bounds(spec.numel, spec.segments)
     if not active:
         return Plan(window=window, seed=seed, segments=segments, replicas=tuple(() for _ in segments))
-    order = sorted(active, key=lambda m: hashlib.sha256(f"{seed}|{m}".encode()).digest())
+    order = sorted(active, key=lambda m: seeds.plan_order_key(seed, m))
     r = min(spec.redundancy, len(order))
     replicas = tuple(
         tuple(order[(s.index * r + j) % len(order)] for j in range(r)) for s in segments

@@ -20,7 +20,6 @@ cannot forge standing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 from collections import Counter
@@ -29,10 +28,12 @@ from typing import Mapping, Sequence
 
 from storage import NotFound, ObjectTooLarge, StorageError
 
+from . import seeds
 from .errors import InvalidObject, MalformedReport, NoBucketOnChain
 from .network import Network
+from .wire.expect import MAX_REPORT_BYTES
 from .wire.keys import report_key
-from .wire.records import MAX_REPORT_BYTES, decode_report
+from .wire.records import decode_report
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def order_replicas(replicas: Sequence[str], scores: Mapping[str, float], reader:
                   key=lambda m: -scores[m])
     good = [m for m in replicas if m not in poor]
     if good:
-        k = int.from_bytes(hashlib.sha256(f"{reader}|{segment}".encode()).digest()[:8], "big") % len(good)
+        k = seeds.reader_offset(reader, segment) % len(good)
         good = good[k:] + good[:k]
     return good + poor
 

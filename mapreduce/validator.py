@@ -49,6 +49,7 @@ from .scoring import HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segm
 from .windows import settle_time
 from .wire import hashtree, keys
 from .wire.codec import parse_header
+from .wire.expect import evidence_max_bytes
 from .wire.keys import ObjectKey
 from .wire.partial import RangeReader
 from .wire.proof import proof_salt
@@ -269,7 +270,7 @@ class Validator:
         gets 0 on every check of the window: it showed us one thing and peers another."""
         directory = await self.net.directory(plan.window)
         peers = rng.sample(list(directory.peers), min(self.config.evidence_peers, len(directory.peers)))
-        cap = Evidence.max_bytes(self.net.spec)
+        cap = evidence_max_bytes(self.net.spec)
 
         async def one(peer: str) -> Evidence | None:
             key = str(keys.evidence_key(self.net.spec.run_id, plan.window, peer))

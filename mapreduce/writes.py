@@ -18,11 +18,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+import torch
+
 from storage import PreconditionFailed, StorageError
 
 from .errors import ProtocolError, Squatted
 from .network import Bucket, Network
+from .plan import Segment
 from .wire import keys
+from .wire.codec import Encoded, ObjectMeta, encode
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ class Copies:
     stored: list[tuple[str, str]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     bytes_sent: int = 0
+    sha256: str = ""  # the signed object's root (sign_and_copy)
 
 
 async def write_copies(net: Network, window: int, segment: int, role: str, miners: list[str], data: memoryview,
@@ -81,6 +86,21 @@ async def write_copies(net: Network, window: int, segment: int, role: str, miner
     await asyncio.gather(*(one(m) for m in miners))
     out.stored = [(m, stored[m]) for m in miners if m in stored]
     return out
+
+
+async def sign_and_copy(net: Network, window: int, segment: Segment, role: str, values: torch.Tensor,
+                        dtype: torch.dtype, miners: list[str], limit: asyncio.Semaphore,
+                        cutoff: asyncio.Future | None = None) -> Copies:
+    """Sign ``values`` (as ``dtype``) as our ``role`` object of ``segment`` and write it once to each of ``miners``'
+    buckets (:func:`write_copies`): what a peer does with each segment of its gradient and a sender with each
+    segment of a broadcast. The conversion and signing hold one of ``limit``'s slots and run off the event loop,
+    so memory stays bounded by the slots, not the number of segments."""
+    async with limit:
+        meta = ObjectMeta(net.spec.run_id, window, role, net.hotkey, segment.index)
+        obj: Encoded = await asyncio.to_thread(lambda: encode(meta, {"data": values.to(dtype)}, net.signer))
+    copies = await write_copies(net, window, segment.index, role, miners, obj.data, limit, cutoff)
+    copies.sha256 = obj.sha256
+    return copies
 
 
 async def write_own(bucket: Bucket, key: str, data: memoryview | bytes,

@@ -24,7 +24,7 @@ def _modules() -> dict[str, Path]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (``from pkg import name`` counts ``pkg.name`` when it is a module)."""
+    """module -> the project modules it imports."""
     modules = _modules()
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
@@ -33,7 +33,8 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom):
                 base = package[:len(package) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
-                candidates = [target] + [f"{target}.{a.name}" for a in node.names]
+                # ``from pkg import mod`` imports the module ``pkg.mod``; ``from pkg import name``, the package
+                candidates = [f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names]
             elif isinstance(node, ast.Import):
                 candidates = [a.name for a in node.names]
             else:
@@ -90,7 +91,7 @@ def test_storage_knows_nothing_of_the_protocol() -> None:
 def test_the_object_format_depends_only_on_the_foundation() -> None:
     """``mapreduce.wire`` (names, keys, hash tree, signing, codec, records) may use the run spec, the plan and the
     errors, never the network, the roles or the tooling: a second implementation reads it on its own."""
-    foundation = {"mapreduce", "mapreduce.errors", "mapreduce.spec", "mapreduce.plan", "mapreduce.windows"}
+    foundation = {"mapreduce", "mapreduce.errors", "mapreduce.spec", "mapreduce.plan", "mapreduce.windows", "mapreduce.seeds"}
     graph = import_graph()
     outside = {(m, t) for m, t in _imports_of("mapreduce.wire", graph)
                if not t.startswith("mapreduce.wire") and t not in foundation}
@@ -104,3 +105,17 @@ def test_roles_do_not_import_the_tooling_or_the_swarm() -> None:
               and not m.startswith(("mapreduce.ops", "mapreduce.swarm")) and m not in ("mapreduce.__main__",)
               for t in ts if t.startswith(("mapreduce.ops", "mapreduce.swarm"))}
     assert upward == set()
+
+
+def test_the_public_face_names_what_a_program_needs() -> None:
+    """``from mapreduce import Peer, Network, ...``: every exported name resolves to the object its module defines."""
+    import importlib
+
+    import mapreduce
+
+    for needed in ("Peer", "PeerConfig", "Broadcaster", "Network", "StorePool", "RunSpec", "Signer", "BucketLocation",
+                   "ProtocolError", "StorageError", "NotAParticipant"):
+        assert needed in mapreduce.__all__
+    for name, module in mapreduce._EXPORTS.items():
+        assert getattr(mapreduce, name) is getattr(importlib.import_module(module), name)
+    assert set(mapreduce.__all__) <= set(dir(mapreduce))

@@ -23,16 +23,19 @@ from storage import ObjectStore, S3Config, StorageError
 
 from ..audit import check_proof_shape, listed_inputs
 from ..errors import InvalidObject, JunkKey, ProtocolError
+from ..plan import segment_bounds
 from ..spec import RunSpec
-from ..wire import hashtree, strictjson
-from ..wire.codec import DTYPES, Expect, decode, expected_object_bytes
+from ..wire import strictjson
+from ..wire.codec import Expect, decode
+from ..wire.expect import (copy_expect, evidence_expect, input_expect, output_expect, record_expect,
+                           report_expect)
 from ..wire.keys import ObjectKey, tag_valid
-from ..wire.records import UploadRecord, decode_report, report_expect
+from ..wire.records import UploadRecord, decode_report
 
 _PLACEHOLDER_HOTKEY = "5" + "1" * 47  # a well-formed ss58 string nobody owns
 # Without a run spec, an object may be as large as this before it is refused unread.
 DEFAULT_CAP = 1 << 30
-_WIRE = {"float32": "F32", "bfloat16": "BF16"}
+MAX_INPUTS_SHOWN = 1 << 16  # an output inspected alone: no window says how many peers it may list
 
 
 def _claims(data: bytes) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
@@ -64,30 +67,29 @@ def _claimed_key(md: dict[str, str]) -> str | None:
 
 
 def _expect(md: dict[str, str], tensors: dict, spec: RunSpec | None) -> tuple[Expect, str]:
-    """The expectation a reader of this role would have (from the spec when given), and a note on what is not
-    checked for want of it."""
+    """The expectation a reader of this role would have (:mod:`mapreduce.wire.expect`, from the spec when given),
+    and a note on what is not checked for want of it."""
     role, hotkey = md.get("role", ""), md.get("hotkey", "")
-    signer = lambda h: h == hotkey  # noqa: E731 - the object's own claim: the signature is what is checked
     if role == "report":
         return report_expect(hotkey), ""
-    if role in ("record", "bcast-record"):
-        cap = expected_object_bytes({}, header_slack=spec.max_header_bytes) if spec else DEFAULT_CAP
-        return Expect({}, signer, cap), ""
+    if spec is not None and role in ("record", "bcast-record"):
+        return record_expect(spec, hotkey), ""
+    if spec is not None and role == "evidence":
+        return evidence_expect(spec, hotkey), ""
     if spec is not None and role in ("in", "out", "bcast") and md.get("segment", "").isdigit():
-        from ..plan import segment_bounds
         segments = segment_bounds(spec.numel, spec.segments)
         index = int(md["segment"])
         if index < len(segments):
-            numel = segments[index].numel
-            dtype = "F32" if role == "bcast" else _WIRE[spec.wire_dtype]
-            want = {"data": (dtype, (numel,))}
-            largest = dict(want)
-            if role == "out":
-                chunks = hashtree.leaf_count(numel * DTYPES[dtype].itemsize)
-                want["proof"] = ("U8", (chunks, None, hashtree.PROOF_BYTES))
-                largest["proof"] = ("U8", (chunks, 1 << 16, hashtree.PROOF_BYTES))
-            return Expect(want, signer, expected_object_bytes(largest, header_slack=spec.max_header_bytes),
-                          spec.max_header_bytes, None if role == "bcast" else spec.max_abs_value), ""
+            seg = segments[index]
+            if role == "in":
+                return input_expect(spec, seg, lambda h: h == hotkey), ""
+            if role == "bcast":
+                return copy_expect(spec, seg, hotkey), ""
+            # The object's own claim of its signer is what the signature checks; any number of inputs may be listed.
+            return output_expect(spec, seg, hotkey, MAX_INPUTS_SHOWN), ""
+    signer = lambda h: h == hotkey  # noqa: E731 - the object's own claim: the signature is what is checked
+    if role in ("record", "bcast-record"):
+        return Expect({}, signer, DEFAULT_CAP), "the header cap not checked (no --spec)"
     shapes = {n: (d, tuple(None for _ in s)) for n, (d, s) in tensors.items()}
     return Expect(shapes, signer, DEFAULT_CAP), "tensor shapes and the value bound not checked (no --spec)"
 

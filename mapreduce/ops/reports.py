@@ -17,8 +17,9 @@ from storage import ObjectInfo, ObjectStore, StorageError
 
 from ..errors import InvalidObject, MalformedReport
 from ..wire import keys
+from ..wire.expect import MAX_REPORT_BYTES
 from ..wire.names import check_run_id
-from ..wire.records import MAX_REPORT_BYTES, decode_report
+from ..wire.records import decode_report
 from .progress import bar
 
 log = logging.getLogger(__name__)

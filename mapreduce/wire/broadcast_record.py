@@ -24,14 +24,14 @@ import re
 from dataclasses import dataclass
 
 from ..errors import MalformedHeader, MetadataMismatch, ShapeMismatch
-from ..plan import Plan, Segment
+from ..plan import Plan
 from ..spec import RunSpec
 from . import strictjson
-from .codec import Encoded, Expect, ObjectMeta, decode, encode, expected_object_bytes
+from .codec import Encoded, ObjectMeta, decode, encode
+from .expect import BROADCAST_DTYPE, record_expect
 from .keys import ObjectKey, broadcast_key, broadcast_record_key
 from .signing import Signer
 
-DTYPE = "F32"
 _SHA = re.compile(r"[0-9a-f]{64}")
 _TAG = re.compile(r"[0-9a-f]{128}")
 
@@ -40,19 +40,6 @@ def spec_fingerprint(spec: RunSpec) -> str:
     """sha256 of the run's tensor names and shapes, in order: a receiver with another spec is told so plainly."""
     tensors = [[t.name, list(t.shape)] for t in spec.tensors]
     return hashlib.sha256(json.dumps(tensors, separators=(",", ":")).encode()).hexdigest()
-
-
-def copy_expect(spec: RunSpec, seg: Segment, sender: str) -> Expect:
-    """What a reader requires of one segment copy: the sender's signature over one fp32 vector of the segment."""
-    tensors = {"data": (DTYPE, (seg.numel,))}
-    return Expect(tensors, allowed=lambda h: h == sender,
-                  max_bytes=expected_object_bytes(tensors, header_slack=spec.max_header_bytes),
-                  max_header_bytes=spec.max_header_bytes)
-
-
-def record_max_bytes(spec: RunSpec) -> int:
-    """Records hold no tensors: the header (capped by the spec) is all there is."""
-    return expected_object_bytes({}, header_slack=spec.max_header_bytes)
 
 
 @dataclass(frozen=True)
@@ -75,20 +62,19 @@ class BroadcastRecord:
         rows = [[i, h, [[m, t] for m, t in stored]] for i, (h, stored) in enumerate(zip(self.sha256, self.stored_at))]
         meta = ObjectMeta(spec.run_id, self.window, "bcast-record", self.sender, extra={
             "segments": strictjson.dumps(rows), "spec": spec_fingerprint(spec),
-            "numel": str(spec.numel), "dtype": DTYPE})
+            "numel": str(spec.numel), "dtype": BROADCAST_DTYPE})
         return encode(meta, {}, signer)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview, spec: RunSpec, plan: Plan, sender: str) -> "BroadcastRecord":
         """Check a downloaded record against the spec and the broadcast plan; raises an ``InvalidObject``."""
         key = str(broadcast_record_key(spec.run_id, plan.window, sender))
-        expect = Expect({}, allowed=lambda h: h == sender, max_bytes=record_max_bytes(spec),
-                        max_header_bytes=spec.max_header_bytes)
+        expect = record_expect(spec, sender)
         extra = decode(data, key, expect).meta.extra
         if extra.get("spec") != spec_fingerprint(spec) or extra.get("numel") != str(spec.numel):
             raise ShapeMismatch("the broadcast is for other tensors than this run spec's (fingerprint differs)")
-        if extra.get("dtype") != DTYPE:
-            raise MetadataMismatch(f"broadcast dtype {extra.get('dtype')!r:.20}, expected {DTYPE}")
+        if extra.get("dtype") != BROADCAST_DTYPE:
+            raise MetadataMismatch(f"broadcast dtype {extra.get('dtype')!r:.20}, expected {BROADCAST_DTYPE}")
         rows = strictjson.loads(extra.get("segments", "null"), "the record's segment list")
         if not isinstance(rows, list) or len(rows) != len(plan.segments):
             raise MetadataMismatch(f"the record must list {len(plan.segments)} segments")

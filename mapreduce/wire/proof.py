@@ -9,15 +9,13 @@ it already fetched for its sampled ranges, so checking costs no extra reads of i
 """
 from __future__ import annotations
 
-import hashlib
 
 import torch
 
+from ..seeds import proof_salt
 from . import hashtree
 
-
-def proof_salt(run: str, window: int, segment: int, miner: str) -> bytes:
-    return hashlib.sha256(f"proof|{run}|{window}|{segment}|{miner}".encode()).digest()
+__all__ = ["proof_salt", "proof_rows", "chunk_rows"]  # proof_salt: the salt the rows are made with (seeds.py)
 
 
 def proof_rows(data: memoryview, salt: bytes) -> torch.Tensor:

@@ -25,7 +25,8 @@ import torch
 from ..errors import MalformedHeader, MalformedReport, MetadataMismatch
 from ..spec import RunSpec
 from . import strictjson
-from .codec import Encoded, Expect, ObjectMeta, decode, encode, expected_object_bytes
+from .codec import Encoded, ObjectMeta, decode, encode
+from .expect import EVIDENCE_TENSOR, MAX_SERVED, REPORT_TENSOR, evidence_expect, record_expect, report_expect
 from .keys import ObjectKey, input_key, record_key, report_key
 from .names import check_hotkey
 from .signing import Signer
@@ -33,7 +34,6 @@ from .signing import Signer
 SHA256 = re.compile(r"[0-9a-f]{64}")
 _TAG = re.compile(r"[0-9a-f]{128}")
 # Reports list every check of a window: a few MiB covers thousands of miners; nothing larger is read.
-MAX_REPORT_BYTES = 16 << 20
 
 
 def _hotkey(value: Any) -> bool:
@@ -74,17 +74,11 @@ class UploadRecord:
         meta = ObjectMeta(spec.run_id, self.window, "record", self.peer, extra={"uploads": strictjson.dumps(rows)})
         return encode(meta, {}, signer)
 
-    @staticmethod
-    def max_bytes(spec: RunSpec) -> int:
-        """Records hold no tensors: the header (capped by the spec) is all there is."""
-        return expected_object_bytes({}, header_slack=spec.max_header_bytes)
-
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview, spec: RunSpec, window: int, peer: str) -> "UploadRecord":
         """Check a downloaded record: the peer's signature at its key, then every row; raises InvalidObject."""
         key = str(record_key(spec.run_id, window, peer))
-        expect = Expect({}, allowed=lambda h: h == peer, max_bytes=cls.max_bytes(spec),
-                        max_header_bytes=spec.max_header_bytes)
+        expect = record_expect(spec, peer)
         rows = strictjson.loads(decode(data, key, expect).meta.extra.get("uploads", "null"), "the record's uploads")
         if not isinstance(rows, list) or len(rows) > spec.segments:
             raise MalformedHeader(f"the record's uploads are not a list of at most {spec.segments} rows")
@@ -107,8 +101,6 @@ class UploadRecord:
 
 # -- peers' evidence --------------------------------------------------------------------------------------------------
 
-EVIDENCE_TENSOR = "headers"
-MAX_SERVED = 16  # headers per evidence object: one or two per refused output are enough to prove anything
 
 
 @dataclass(frozen=True)
@@ -140,18 +132,12 @@ class Evidence:
         blob = bytearray(b"".join(s.header for s in self.served))
         return encode(meta, {EVIDENCE_TENSOR: torch.frombuffer(blob, dtype=torch.uint8)}, signer)
 
-    @staticmethod
-    def max_bytes(spec: RunSpec) -> int:
-        return expected_object_bytes({EVIDENCE_TENSOR: ("U8", (MAX_SERVED * (8 + spec.max_header_bytes),))},
-                                     header_slack=64 * 1024)
-
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview, spec: RunSpec, window: int, peer: str) -> "Evidence":
         """Check downloaded evidence: the peer's signature at its key, then every item; raises InvalidObject. The
         headers inside are only bytes here: whoever uses them checks each miner's signature itself."""
         key = str(ObjectKey(spec.run_id, window, "evidence", peer))
-        expect = Expect({EVIDENCE_TENSOR: ("U8", (None,))}, allowed=lambda h: h == peer, max_bytes=cls.max_bytes(spec),
-                        max_header_bytes=64 * 1024)
+        expect = evidence_expect(spec, peer)
         decoded = decode(data, key, expect)
         items = strictjson.loads(decoded.meta.extra.get("served", "null"), "the evidence's items")
         blob = decoded.tensors[EVIDENCE_TENSOR].numpy().tobytes()
@@ -169,13 +155,6 @@ class Evidence:
 
 
 # -- validator reports -----------------------------------------------------------------------------------------------
-
-REPORT_TENSOR = "report"
-
-
-def report_expect(validator: str) -> Expect:
-    return Expect({REPORT_TENSOR: ("U8", (None,))}, allowed=lambda h: h == validator, max_bytes=MAX_REPORT_BYTES)
-
 
 def encode_report(run: str, window: int, signer: Signer, body: Mapping[str, Any]) -> Encoded:
     """A report as a signed object: ``body`` (which must name ``validator`` and ``window``) as JSON."""

@@ -13,7 +13,6 @@ import json
 import re
 import struct
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,12 +20,11 @@ import torch
 from mapreduce import vectors
 from mapreduce.audit import listed_inputs, listed_mean, mean_digest
 from mapreduce.directory import BucketLocation
-from mapreduce.network import Network
 from mapreduce.plan import make_plan, segment_bounds
 from mapreduce.reduce import Accumulator
 from mapreduce.errors import BadSignature, HashMismatch
 from mapreduce.spec import RunSpec, TensorSpec
-from mapreduce.wire import codec, hashtree, keys
+from mapreduce.wire import codec, expect, hashtree, keys
 from mapreduce.wire.broadcast_record import BroadcastRecord, spec_fingerprint
 from mapreduce.wire.proof import proof_rows, proof_salt
 from mapreduce.wire.records import Evidence, UploadRecord, decode_report
@@ -164,11 +162,10 @@ def test_object_headers_and_signatures(objs: dict[str, dict]) -> None:
 
 
 def _expect(spec: RunSpec, o: dict, n_inputs: int = 3) -> codec.Expect:
-    net = SimpleNamespace(spec=spec)
     seg = segment_bounds(spec.numel, spec.segments)[o["segment"]]
     if o["role"] == "in":
-        return Network.segment_expect(net, seg, lambda h: h == o["signer"])
-    return Network.output_expect(net, seg, o["signer"], n_inputs)
+        return expect.input_expect(spec, seg, lambda h: h == o["signer"])
+    return expect.output_expect(spec, seg, o["signer"], n_inputs)
 
 
 def _reencode(o: dict, decoded: codec.Decoded) -> bytes:
@@ -237,7 +234,7 @@ def test_upload_record(spec: RunSpec, objs: dict[str, dict]) -> None:
         for miner, tag in stored:
             assert keys.tag_valid(keys.input_key(spec.run_id, vectors.WINDOW, segment, o["signer"], tag), miner)
     assert o["root"] == hashlib.sha256(b"").hexdigest() and o["leaves"] == [] and o["metadata"]["groups"] == ""
-    decoded = codec.decode(data, o["key"], codec.Expect({}, lambda h: True, UploadRecord.max_bytes(spec)))
+    decoded = codec.decode(data, o["key"], codec.Expect({}, lambda h: True, expect.record_max_bytes(spec)))
     assert _same_but_signature(_reencode(o, decoded), data)
 
 
@@ -259,7 +256,7 @@ def test_broadcast_record(spec: RunSpec, objs: dict[str, dict]) -> None:
         assert [m for m, _ in stored] == list(plan.miners_for(i))
         for miner, tag in stored:
             assert keys.tag_valid(keys.broadcast_key(spec.run_id, vectors.WINDOW, i, sender, tag), miner)
-    decoded = codec.decode(data, o["key"], codec.Expect({}, lambda h: True, UploadRecord.max_bytes(spec)))
+    decoded = codec.decode(data, o["key"], codec.Expect({}, lambda h: True, expect.record_max_bytes(spec)))
     assert _same_but_signature(_reencode(o, decoded), data)
 
 
@@ -273,7 +270,7 @@ def test_evidence(spec: RunSpec, objs: dict[str, dict]) -> None:
     header = codec.parse_header(served.header, served.size, out["key"], _expect(spec, out))
     assert header.sha256 == out["root"]
     decoded = codec.decode(data, o["key"], codec.Expect({"headers": ("U8", (None,))}, lambda h: True,
-                                                         Evidence.max_bytes(spec), max_header_bytes=64 * 1024))
+                                                         expect.evidence_max_bytes(spec), max_header_bytes=64 * 1024))
     assert _same_but_signature(_reencode(o, decoded), data)
 
 
