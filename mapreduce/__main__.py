@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
         # The roles parse their own flags (the same as ``python miner.py`` / ``python validator.py``).
         from .ops.cli import miner_main, validator_main
         return (miner_main if argv[0] == "miner" else validator_main)(argv[1:])
+    if argv[:1] == ["peer"]:
+        return peer_main(argv[1:])
     if argv[:1] == ["prune"]:
         # prune parses its own flags: the chain's come from the Bittensor SDK, which only this command imports
         # (so ``--help`` and the swarm's processes stay fast).
@@ -42,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="inject S3 faults through a proxy: this share of requests answered 503, a fifth of it "
                          "reset, a hundredth stalled 3 s (the soak: --windows 30 --faults 0.1)")
 
-    pe = sub.add_parser("peer", help="(used by the swarm) one training peer process")
-    pe.add_argument("--run-dir", type=Path, required=True)
-    pe.add_argument("--index", type=int, required=True)
+    sub.add_parser("peer", help="(used by the swarm) one training peer process (flags: peer --help)")
 
     from .ops import report_command
     rp = sub.add_parser("report", help="PNG plots (scores, latency, rejections) from a validator's bucket")
@@ -68,15 +68,27 @@ def main(argv: list[str] | None = None) -> int:
                           redundancy=args.redundancy, block_time=args.block_time, wire_dtype=args.wire_dtype,
                           run_dir=args.run_dir, faults=args.faults)
         return run_swarm(cfg)
-    if args.command == "peer":
-        from .swarm.trainer import train
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-        for noisy in ("botocore", "aiobotocore", "boto3", "urllib3"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        asyncio.run(train(args.run_dir, args.index))
-        return 0
     return 2
+
+
+def peer_main(argv: list[str]) -> int:
+    """``python -m mapreduce peer``: one of the swarm's training peers, with every ``PeerConfig`` knob as a flag."""
+    from .ops.flags import add_dataclass_flags, dataclass_from_args
+    from .peer import PeerConfig
+    from .swarm.trainer import train
+
+    parser = argparse.ArgumentParser(prog="python -m mapreduce peer",
+                                     description="one training peer of the local swarm (started by `swarm`)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="the swarm's run directory")
+    parser.add_argument("--index", type=int, required=True, help="which of the swarm's peers this is")
+    add_dataclass_flags(parser, "peer", PeerConfig)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("botocore", "aiobotocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    asyncio.run(train(args.run_dir, args.index, dataclass_from_args(args, "peer", PeerConfig)))
+    return 0
 
 
 if __name__ == "__main__":

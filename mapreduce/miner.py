@@ -43,9 +43,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MinerConfig:
-    segment_concurrency: int = 2
-    # Inputs downloaded ahead of the one being added; memory is about (lookahead + 1) segments.
-    lookahead: int = 2
+    """What a miner does at once. Every field is a ``--miner.<field>`` flag (mapreduce/ops/flags.py): its meaning is
+    the ``help`` of its metadata."""
+
+    segment_concurrency: int = field(default=2, metadata={
+        "help": "segments reduced at once; the others wait their turn"})
+    lookahead: int = field(default=2, metadata={
+        "help": "inputs downloaded ahead of the one being added; memory is about (lookahead + 1) segments"})
 
 
 @dataclass

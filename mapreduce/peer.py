@@ -22,7 +22,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Literal, Mapping
 
 import torch
 
@@ -51,29 +51,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PeerConfig:
-    concurrency: int = 8
-    # Outputs are polled one listing per miner per round, every poll_interval seconds, backing off to
-    # max_poll_interval while nothing new appears (mapreduce.watch).
-    poll_interval: float = 0.1
-    max_poll_interval: float = 1.0
-    # "reduce": fetch the inputs and reduce a failed segment ourselves; "own": keep our own gradient for it.
-    fallback: str = "reduce"
-    # Start a window only with at least this many blocks of its upload phase left; else wait for the next one.
-    upload_margin_blocks: int = 1
-    # An output two replicas agree on (same signed mean digest and input list) is taken without an audit, except
-    # at random: on average this many peers of the window audit each agreeing segment (the probability per peer
-    # is this over the number of peers, so the network's audit work stays linear in its size). An output no
-    # other replica corroborates, and every claim of replicas that disagree, is always audited.
-    audits_per_segment: float = 1.0
-    # What an audit recomputes from the inputs (ranged reads): this many sampled ranges of spot_check_elements
-    # elements, plus up to settle_ranges ranges where replicas' outputs differ. One range of 1024 elements costs
-    # a few KiB per input.
-    spot_check_ranges: int = 1
-    spot_check_elements: int = 1024
-    settle_ranges: int = 4
-    # Seconds one poll of one replica may take (listing, download, audit): a replica whose endpoint stalls is
-    # given up for that poll, and the others are polled meanwhile.
-    fetch_timeout: float = 30.0
+    """How a peer moves its gradient and judges the outputs. Every field is a ``--peer.<field>`` flag for a peer
+    program that adds them (``mapreduce.ops.flags.add_dataclass_flags``): its meaning is the ``help`` of its
+    metadata."""
+
+    concurrency: int = field(default=8, metadata={
+        "help": "S3 transfers in flight at once (input uploads and copies, output header reads, downloads)"})
+    poll_interval: float = field(default=0.1, metadata={
+        "help": "seconds between polls of the miners' outputs (one listing per miner per round; mapreduce.watch)"})
+    max_poll_interval: float = field(default=1.0, metadata={
+        "help": "the poll interval backs off up to this many seconds while nothing new appears"})
+    fallback: Literal["reduce", "own"] = field(default="reduce", metadata={
+        "help": "for a segment with no valid replica by the reduce deadline: 'reduce' fetches the inputs and reduces "
+                "it ourselves, 'own' keeps our own gradient for it"})
+    upload_margin_blocks: int = field(default=1, metadata={
+        "help": "start a window only with at least this many blocks of its upload phase left; else wait for the "
+                "next one"})
+    audits_per_segment: float = field(default=1.0, metadata={
+        "help": "an output two replicas agree on is audited only at random: on average by this many peers of the "
+                "window (probability per peer: this over the number of peers); an uncorroborated output, and every "
+                "claim of disagreeing replicas, is always audited"})
+    spot_check_ranges: int = field(default=1, metadata={
+        "help": "element ranges an audit samples and recomputes from the inputs (ranged reads; one range of 1024 "
+                "elements costs a few KiB per input)"})
+    spot_check_elements: int = field(default=1024, metadata={"help": "elements in each sampled audit range"})
+    settle_ranges: int = field(default=4, metadata={
+        "help": "where replicas' outputs differ, at most this many differing ranges are recomputed in addition"})
+    fetch_timeout: float = field(default=30.0, metadata={
+        "help": "seconds one poll of one replica may take (listing, download, audit); a replica whose endpoint "
+                "stalls is given up for that poll while the others are polled"})
 
     def __post_init__(self) -> None:
         if self.fallback not in ("reduce", "own"):

@@ -37,17 +37,23 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    ema_alpha: float = 0.3
-    # Outputs first seen within this many seconds after the settle time all earn full latency credit.
-    latency_grace_seconds: float = 1.0
-    latency_weight: float = 0.25
-    # Set weights on chain every this many windows.
-    weights_every: int = 5
-    # Broadcast hosting: its share of a window score, the share of speed within it, and the per-request time
-    # (a ranged GET, as the validator saw it) at which speed earns nothing.
-    hosting_weight: float = 0.2
-    hosting_latency_weight: float = 0.5
-    hosting_request_seconds: float = 1.0
+    """How checks become scores and weights (the formulas are in this module's docstring). Every field is a
+    ``--validator.scoring.<field>`` flag: its meaning is the ``help`` of its metadata."""
+
+    ema_alpha: float = field(default=0.3, metadata={
+        "help": "weight of the newest window score in a miner's moving average (1: only the last window counts)"})
+    latency_grace_seconds: float = field(default=1.0, metadata={
+        "help": "outputs first seen within this many seconds after the settle time all earn full latency credit"})
+    latency_weight: float = field(default=0.25, metadata={
+        "help": "share of a segment score that depends on how soon the output appeared (the rest: correctness and "
+                "completeness)"})
+    weights_every: int = field(default=5, metadata={"help": "set weights on chain every this many windows"})
+    hosting_weight: float = field(default=0.2, metadata={
+        "help": "share of a window score earned by hosting broadcast copies (the rest: reduced segments)"})
+    hosting_latency_weight: float = field(default=0.5, metadata={
+        "help": "share of a hosting score that depends on the speed of the ranged reads"})
+    hosting_request_seconds: float = field(default=1.0, metadata={
+        "help": "seconds per ranged GET (as the validator saw it) at which hosting speed earns nothing"})
 
 
 @dataclass

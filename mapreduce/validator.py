@@ -61,25 +61,37 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ValidatorConfig:
-    segments_per_miner: int = 2
-    ranges_per_segment: int = 2
-    range_elements: int = 1024
-    poll_interval: float = 0.25
-    concurrency: int = 8
-    # Where a checked output differs from another replica's, at most this many of the differing ranges (one data
-    # chunk each), or of the inputs one lists and the other not, are looked into.
-    settle_ranges: int = 4
-    # Peers whose evidence (signed output headers they were served and refused) we read each window, at random.
-    evidence_peers: int = 8
-    # Seconds one (miner, segment) check may take; a miner whose endpoint is slower loses that check.
-    check_timeout: float = 60.0
-    # Seconds one listing of one miner's bucket may take while observing.
-    list_timeout: float = 10.0
-    # How long before the upload deadline we list the miners' inputs for our own evidence of what was on time
-    # (at most half a block): uploads that land in this last stretch are judged by the servers' timestamps alone.
-    evidence_lead: float = 1.0
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    hosting: HostingConfig = field(default_factory=HostingConfig)  # broadcast copies (mapreduce.hosting)
+    """What a validator samples, how long it waits, how it scores. Every field is a ``--validator.<field>`` flag
+    (nested configs: ``--validator.scoring.<field>``, ``--validator.hosting.<field>``; mapreduce/ops/flags.py): its
+    meaning is the ``help`` of its metadata."""
+
+    segments_per_miner: int = field(default=2, metadata={
+        "help": "segments of each miner whose output is checked per window, drawn at random"})
+    ranges_per_segment: int = field(default=2, metadata={
+        "help": "element ranges recomputed from the inputs in each checked output"})
+    range_elements: int = field(default=1024, metadata={"help": "elements in each recomputed range"})
+    poll_interval: float = field(default=0.25, metadata={
+        "help": "seconds between listings of a miner's outputs while waiting for them (backing off to 2 s while "
+                "its listings fail), and between reads of a header not readable yet"})
+    concurrency: int = field(default=8, metadata={"help": "(miner, segment) checks run at once"})
+    settle_ranges: int = field(default=4, metadata={
+        "help": "where a checked output differs from another replica's, at most this many of the differing ranges "
+                "(one data chunk each), or of the inputs one lists and the other not, are looked into"})
+    evidence_peers: int = field(default=8, metadata={
+        "help": "peers whose evidence (signed output headers they were served and refused) is read each window, "
+                "drawn at random"})
+    check_timeout: float = field(default=60.0, metadata={
+        "help": "seconds one (miner, segment) check may take; a miner whose endpoint is slower loses that check"})
+    list_timeout: float = field(default=10.0, metadata={
+        "help": "seconds one listing of one miner's bucket, one output header or one peer's evidence may take to read"})
+    evidence_lead: float = field(default=1.0, metadata={
+        "help": "seconds before the upload deadline at which the miners' inputs are listed for our own evidence of "
+                "what was on time (at most half a block); uploads in this last stretch are judged by the servers' "
+                "timestamps alone"})
+    scoring: ScoringConfig = field(default_factory=ScoringConfig, metadata={
+        "help": "how checks become scores and weights (mapreduce.scoring)"})
+    hosting: HostingConfig = field(default_factory=HostingConfig, metadata={
+        "help": "how the broadcast copies miners host are sampled (mapreduce.hosting)"})
 
 
 @dataclass

@@ -114,6 +114,24 @@ class S3Config:
         )
 
 
+    def to_env(self, prefix: str = "MR_S3_") -> dict[str, str]:
+        """The ``{prefix}*`` variables `from_env` reads back as this config: ``from_env(None, prefix,
+        environ=cfg.to_env(prefix)) == cfg``.
+
+        Every variable is present; an unset field is an empty string, which `from_env` reads as unset, so the dict
+        laid over an environment (``{**os.environ, **cfg.to_env()}``) replaces any ``{prefix}*`` values already
+        there (the ``AWS_*`` fallbacks still fill what is unset). The dict holds the credentials: pass it to a
+        process's environment, never to a log. An anonymous config has no such form (`from_env` never makes one):
+        ValueError.
+        """
+        if self.anonymous:
+            raise ValueError("an anonymous S3Config has no MR_S3_* form: from_env never reads one")
+        values = {"ENDPOINT_URL": self.endpoint_url, "REGION": self.region, "ACCESS_KEY_ID": self.access_key_id,
+                  "SECRET_ACCESS_KEY": self.secret_access_key, "ADDRESSING_STYLE": self.addressing_style,
+                  "SESSION_TOKEN": self.session_token}
+        return {prefix + name: value or "" for name, value in values.items()}
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     """How bytes move: when to split, how big the pieces, how many at once, how long to wait.
@@ -131,16 +149,25 @@ class TransferConfig:
     reading its body). A timed-out attempt is retried under `RetryConfig`.
     """
 
-    multipart_threshold: int = 16 * MiB
-    part_size: int = 8 * MiB
-    max_concurrency: int = 8
-    ranged_get_threshold: int = 16 * MiB
-    range_part_size: int = 8 * MiB
-    max_pool_connections: int = 32
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    operation_timeout: float = 300.0
-    max_get_bytes: int = 1024 * MiB
+    # Each field's ``help`` is its one-line meaning, shown by command lines that make flags of these fields.
+    multipart_threshold: int = field(default=16 * MiB, metadata={
+        "help": "bytes from which an object is uploaded in parts"})
+    part_size: int = field(default=8 * MiB, metadata={
+        "help": "bytes per uploaded part (5 MiB to 5 GiB; grows if an object would need more than 10,000)"})
+    max_concurrency: int = field(default=8, metadata={"help": "parts or ranges of one object moved at once"})
+    ranged_get_threshold: int = field(default=16 * MiB, metadata={
+        "help": "bytes above which a download fetches ranges in parallel"})
+    range_part_size: int = field(default=8 * MiB, metadata={"help": "bytes per range of a parallel download"})
+    max_pool_connections: int = field(default=32, metadata={
+        "help": "HTTP connections (requests in flight) of one store across all its operations"})
+    connect_timeout: float = field(default=5.0, metadata={"help": "seconds to open a connection"})
+    read_timeout: float = field(default=30.0, metadata={
+        "help": "seconds the socket may stay silent within a request"})
+    operation_timeout: float = field(default=300.0, metadata={
+        "help": "seconds one whole request attempt may take (one PUT, one part, one ranged GET, body included)"})
+    max_get_bytes: int = field(default=1024 * MiB, metadata={
+        "help": "largest object a read accepts when the caller sets no bound (a server's Content-Length is "
+                "checked against it)"})
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
@@ -162,13 +189,17 @@ class RetryConfig:
     retry starts once ``total_budget`` seconds have passed since the first attempt; then `RetriesExhausted`.
     """
 
-    max_attempts: int = 8
-    base_delay: float = 0.2
-    max_delay: float = 10.0
-    jitter: bool = True
-    total_budget: float = 120.0
-    # Not part of the policy, only of its reproducibility in tests.
-    seed: int | None = field(default=None, compare=False)
+    # Each field's ``help`` is its one-line meaning, shown by command lines that make flags of these fields.
+    max_attempts: int = field(default=8, metadata={"help": "requests sent for one operation at most"})
+    base_delay: float = field(default=0.2, metadata={
+        "help": "seconds waited after the first failed attempt; doubles with each further one"})
+    max_delay: float = field(default=10.0, metadata={"help": "longest wait between two attempts, in seconds"})
+    jitter: bool = field(default=True, metadata={
+        "help": "wait a uniform random fraction of each delay (full jitter), so clients do not retry in step"})
+    total_budget: float = field(default=120.0, metadata={
+        "help": "seconds after the first attempt from which no retry starts"})
+    seed: int | None = field(default=None, compare=False, metadata={
+        "help": "seed of the jitter's random numbers: not part of the policy, only of its reproducibility in tests"})
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

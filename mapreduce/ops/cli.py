@@ -3,7 +3,9 @@
 ``miner.py`` and ``validator.py`` at the top of the repository call :func:`miner_main` and :func:`validator_main`.
 Flags follow Bittensor conventions (``--netuid``, ``--subtensor.network``, ``--wallet.name``, ``--wallet.hotkey``,
 ``--logging.debug``); S3 credentials come from the environment or a ``.env`` file, never from flags, so they do
-not show up in process listings or shell history.
+not show up in process listings or shell history. The flags of the role's config (``--miner.*``, ``--validator.*``)
+and of S3 transfers (``--s3.*``) are generated from the config dataclasses (mapreduce/ops/flags.py), which hold
+their defaults and meanings.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +29,13 @@ from ..chain.local import LocalChain
 from ..chain.subtensor import SubtensorChain
 from ..directory import Admission, BucketLocation, CommitmentError
 from ..errors import ProtocolError
+from ..miner import MinerConfig
 from ..network import Network, StorePool
 from ..spec import RunSpec
+from ..validator import ValidatorConfig
 from ..wire.signing import Signer
 from .advice import describe
+from .flags import add_dataclass_flags, dataclass_from_args, given
 from .progress import TransferProgress
 
 if TYPE_CHECKING:
@@ -70,16 +76,38 @@ def build_parser(role: str) -> argparse.ArgumentParser:
                         "names in docs/OPERATIONS.md")
     p.add_argument("--metrics.host", dest="metrics.host", default="127.0.0.1", metavar="ADDR",
                    help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 to let another machine scrape)")
-    p.add_argument("--s3.connect_timeout", dest="s3.connect_timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="S3 connect timeout (default 5)")
-    p.add_argument("--s3.read_timeout", dest="s3.read_timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="S3 read timeout per request; keep it well under a window phase (default 30)")
-    p.add_argument("--s3.retry_budget", dest="s3.retry_budget", type=float, default=120.0, metavar="SECONDS",
-                   help="total time one S3 operation may spend retrying (default 120)")
+    add_role_flags(p, role)
+    add_storage_flags(p)
     SubtensorChain.add_args(p)
     Wallet.add_args(p)
     bt.logging.add_args(p)
     return p
+
+
+# The role's config dataclass: its fields are the role's ``--<role>.*`` flags (mapreduce/ops/flags.py).
+ROLE_CONFIGS: dict[str, type] = {"miner": MinerConfig, "validator": ValidatorConfig}
+
+
+def add_role_flags(p: argparse.ArgumentParser, role: str) -> None:
+    """``--miner.*`` or ``--validator.*``: every field of the role's config, defaults from the dataclass."""
+    add_dataclass_flags(p, role, ROLE_CONFIGS[role], title=f"{role} ({ROLE_CONFIGS[role].__name__}: --{role}.*)")
+
+
+def role_config(args: argparse.Namespace, role: str) -> MinerConfig | ValidatorConfig:
+    """The role's config from its ``--<role>.*`` flags (ValueError for a value the dataclass refuses)."""
+    return dataclass_from_args(args, role, ROLE_CONFIGS[role])
+
+
+def add_storage_flags(p: argparse.ArgumentParser) -> None:
+    """``--s3.*``: every field of TransferConfig and RetryConfig (their names do not overlap). Unless given, the
+    attempt timeout and the longest retry delay follow the read timeout and the retry budget (see storage_knobs);
+    ``--s3.retry_budget`` is the older name of ``--s3.total_budget``. Credentials and the endpoint are never flags."""
+    group = p.add_argument_group("S3 transfers and retries (--s3.*)",
+                                 "they bound every S3 request and must fit well inside a window's phases")
+    add_dataclass_flags(group, "s3", TransferConfig, shown_defaults={
+        "operation_timeout": "the larger of 10 x --s3.read_timeout and --s3.total_budget, so 300"})
+    add_dataclass_flags(group, "s3", RetryConfig, exclude=("seed",), aliases={"total_budget": "retry_budget"},
+                        shown_defaults={"max_delay": "the smaller of 10 and --s3.read_timeout, so 10"})
 
 
 def setup_logging(args: argparse.Namespace) -> None:
@@ -130,11 +158,17 @@ def load_wallet(args: argparse.Namespace) -> tuple[Wallet, Signer]:
 
 
 def storage_knobs(args: argparse.Namespace) -> tuple[TransferConfig, RetryConfig]:
-    """Timeouts and the retry budget from ``--s3.*``: they must fit inside a window's phases."""
-    read = getattr(args, "s3.read_timeout")
-    transfer = TransferConfig(connect_timeout=getattr(args, "s3.connect_timeout"), read_timeout=read,
-                              operation_timeout=max(10 * read, getattr(args, "s3.retry_budget")))
-    return transfer, RetryConfig(total_budget=getattr(args, "s3.retry_budget"), max_delay=min(10.0, read))
+    """TransferConfig and RetryConfig from ``--s3.*``: they must fit inside a window's phases. Unless given, the
+    attempt timeout is 10 read timeouts or the retry budget, the larger, and the longest delay between attempts
+    10 s or the read timeout, the smaller (with the defaults: the dataclasses' own 300 s and 10 s)."""
+    transfer = dataclass_from_args(args, "s3", TransferConfig)
+    retry = dataclass_from_args(args, "s3", RetryConfig, exclude=("seed",))
+    s3 = given(args, "s3")
+    if "operation_timeout" not in s3:
+        transfer = replace(transfer, operation_timeout=max(10 * transfer.read_timeout, retry.total_budget))
+    if "max_delay" not in s3:
+        retry = replace(retry, max_delay=min(10.0, transfer.read_timeout))
+    return transfer, retry
 
 
 def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
@@ -154,7 +188,7 @@ def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
     return net, wallet, s3
 
 
-async def _serve(role: str, args: argparse.Namespace) -> int:
+async def _serve(role: str, args: argparse.Namespace, config: MinerConfig | ValidatorConfig) -> int:
     from ..miner import Miner
     from ..validator import Validator
 
@@ -179,10 +213,10 @@ async def _serve(role: str, args: argparse.Namespace) -> int:
         log.info("%s %s on run %s, bucket %s, netuid %s", role, net.hotkey, net.spec.run_id, args.bucket,
                  getattr(net.chain, "netuid", "?"))
         if role == "miner":
-            worker = Miner(net, args.bucket)
+            worker = Miner(net, args.bucket, config)
         else:
             state = args.state or Path.home() / ".mapreduce" / f"validator-{net.hotkey}.json"
-            worker = Validator(net, args.bucket, state)
+            worker = Validator(net, args.bucket, state, config)
         metrics_server = start_metrics(args, role, net, worker)
         progress.start()
         task = asyncio.create_task(worker.run(windows=windows))
@@ -234,10 +268,16 @@ def start_metrics(args: argparse.Namespace, role: str, net: Network, worker: Min
 
 
 def _main(role: str, argv: list[str] | None) -> int:
-    args = build_parser(role).parse_args(argv)
+    parser = build_parser(role)
+    args = parser.parse_args(argv)
+    try:  # a value a config dataclass refuses is a usage error, reported before anything starts
+        config = role_config(args, role)
+        storage_knobs(args)
+    except (ValueError, TypeError) as e:
+        parser.error(f"--{role}.* / --s3.*: {e}")
     setup_logging(args)
     try:
-        return asyncio.run(_serve(role, args))
+        return asyncio.run(_serve(role, args, config))
     except KeyboardInterrupt:
         return 130
 

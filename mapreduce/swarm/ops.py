@@ -26,10 +26,7 @@ def report_command(swarm: Swarm, s3: EmbeddedS3) -> tuple[list[str], dict[str, s
     validator = swarm.ids["validators"][0]
     argv = ["-m", "mapreduce", "report", "--bucket", validator["bucket"], "--run", swarm.run_id,
             "--validator", validator["hotkey"], "--last", str(swarm.cfg.windows), "--out", str(swarm.dir / "plots")]
-    cfg = s3.config()
-    env = {"MR_S3_ENDPOINT_URL": s3.endpoint_url, "MR_S3_REGION": cfg.region, "MR_S3_ADDRESSING_STYLE": "path",
-           "MR_S3_ACCESS_KEY_ID": cfg.access_key_id or "", "MR_S3_SECRET_ACCESS_KEY": cfg.secret_access_key or ""}
-    return argv, env
+    return argv, s3.config().to_env()
 
 
 def write_plots(swarm: Swarm, s3: EmbeddedS3, first: int) -> list[Path]:

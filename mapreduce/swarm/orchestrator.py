@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import boto3
@@ -133,8 +133,7 @@ class Swarm:
         """Start every process; ``endpoint`` is where they reach S3 (a fault proxy), by default the server."""
         # Every process writes its own bucket with the account's keys (MR_S3_*) and publishes other keys for the
         # others (MR_PUBLIC_*), as on a real network: the embedded server accepts any key.
-        env = {**os.environ, "MR_S3_ENDPOINT_URL": endpoint or s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
-               "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_REGION": "us-east-1", "MR_S3_ADDRESSING_STYLE": "path",
+        env = {**os.environ, **replace(s3.config(), endpoint_url=endpoint or s3.endpoint_url).to_env(),
                "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEY_ID, "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_SECRET,
                "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_path()}
         common = ["--spec", str(self.dir / "spec.json"), "--chain.local", str(self.dir / "chain.sqlite"),

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import safetensors.torch
@@ -28,7 +29,7 @@ from .model import Mixture, make_model
 log = logging.getLogger("mapreduce.trainer")
 
 
-async def train(run_dir: Path, index: int) -> None:
+async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> None:
     cfg = json.loads((run_dir / "swarm.json").read_text())
     me = cfg["peers"][index]
     spec = RunSpec.load(run_dir / "spec.json")
@@ -38,7 +39,7 @@ async def train(run_dir: Path, index: int) -> None:
                               operation_timeout=10 * cfg["s3_read_timeout"])
     retry = RetryConfig(total_budget=cfg["s3_retry_budget"], max_delay=cfg["s3_read_timeout"])
     net = Network(spec, LocalChain.open(run_dir / "chain.sqlite"), signer, StorePool(s3, transfer, retry))
-    peer = Peer(net, me["bucket"], PeerConfig(fallback=cfg.get("fallback", "reduce")))
+    peer = Peer(net, me["bucket"], replace(config or PeerConfig(), fallback=cfg.get("fallback", "reduce")))
     out = run_dir / "peers" / f"p{index}"
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -63,8 +63,7 @@ async def test_killed_miner_and_validator_carry_on(cluster_factory, embedded_s3,
     for i in range(2):
         write_wallet(wallets, f"miner{i}", f"//{c.spec.run_id}/miners/{i}")
     write_wallet(wallets, "validator0", f"//{c.spec.run_id}/validators/0")
-    env = {**os.environ, "MR_S3_ENDPOINT_URL": embedded_s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
-           "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_ADDRESSING_STYLE": "path", "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, **embedded_s3.config().to_env(), "PYTHONUNBUFFERED": "1",
            "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEYS[0], "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_KEYS[1]}
     common = ["--spec", str(spec_path), "--chain.local", str(c.chain.path), "--netuid", "1",
               "--wallet.path", str(wallets), "--wallet.hotkey", "default", "--env-file", str(tmp_path / "none")]

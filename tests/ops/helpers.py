@@ -12,10 +12,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def s3_env(s3) -> dict[str, str]:
     """The process environment for commands talking to the embedded S3 server ``s3``."""
-    cfg = s3.config()
-    return {**os.environ, "PYTHONPATH": str(ROOT), "MR_S3_ENDPOINT_URL": s3.endpoint_url,
-            "MR_S3_ACCESS_KEY_ID": cfg.access_key_id, "MR_S3_SECRET_ACCESS_KEY": cfg.secret_access_key,
-            "MR_S3_REGION": cfg.region, "MR_S3_ADDRESSING_STYLE": "path"}
+    return {**os.environ, "PYTHONPATH": str(ROOT), **s3.config().to_env()}
 
 
 def mapreduce(*argv: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
