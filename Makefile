@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench install clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, alone: anything that depends on it would otherwise pull the CUDA build.
 	$(BIN)/pip install --quiet "$$(grep -E '^torch==' requirements.txt)"
 	$(BIN)/pip install --quiet -r requirements.txt
+	# the package itself, editable: `import mapreduce` and the console scripts work from any directory
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)

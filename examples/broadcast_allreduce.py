@@ -26,17 +26,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, without installing
 
-from mapreduce.broadcast import Broadcaster  # noqa: E402
-from mapreduce.chain.local import LocalChain  # noqa: E402
-from mapreduce.directory import BucketLocation  # noqa: E402
-from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET  # noqa: E402
+from mapreduce import Broadcaster, BucketLocation, LocalChain, Network, Peer, Signer, StorePool  # noqa: E402
+from mapreduce.swarm.model import Mixture, make_model  # noqa: E402
+from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET, Swarm, SwarmConfig  # noqa: E402
 from mapreduce.wire.keys import report_key  # noqa: E402
 from mapreduce.wire.records import decode_report  # noqa: E402
-from mapreduce.network import Network, StorePool  # noqa: E402
-from mapreduce.peer import Peer  # noqa: E402
-from mapreduce.wire.signing import Signer  # noqa: E402
-from mapreduce.swarm.model import Mixture, make_model  # noqa: E402
-from mapreduce.swarm.orchestrator import Swarm, SwarmConfig  # noqa: E402
 from storage import EmbeddedS3  # noqa: E402
 
 
@@ -65,6 +59,8 @@ async def train(rank: int, net: Network, bucket: str, sender: str, first: int, s
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         result = await peer.allreduce({n: p.grad for n, p in model.named_parameters()}, window=first + 1 + step)
+        out.setdefault("before", []).append([p.detach().clone() for p in model.parameters()])
+        out.setdefault("average", []).append(result.flat.clone())
         for name, p in model.named_parameters():
             p.grad.copy_(result.tensors[name])  # ...and everyone's average gradient
         optimizer.step()
@@ -172,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in ranks:  # where each rank's average came from: which segment differs, and from whom
                 gap = max(float((a - b).abs().max()) for a, b in zip(r["weights"][step], ranks[0]["weights"][step]))
                 print(f"  rank {r['rank']}: max |w - w_rank0| {gap:.2e}; segments {' '.join(r['sources'][step])}")
+                # Where it came from: the average this rank applied, or the weights it applied it to.
+                avg, ref = r["average"][step], ranks[0]["average"][step]
+                differ = (avg.view(torch.int32) != ref.view(torch.int32)).nonzero().flatten()[:3].tolist()
+                print(f"    average gradient bit-identical to rank 0's: {not differ}"
+                      + "".join(f"; element {i}: {avg[i].item():.9g} vs {ref[i].item():.9g}" for i in differ)
+                      + f"; weights before the step identical: {same(r['before'][step], ranks[0]['before'][step])}")
             failures.append(f"ranks' weights differ after step {step} (some inputs missed the upload deadline? "
                             "on a loaded machine, try --block-time 1)")
     # A fallback (a late miner, on a loaded machine) still gives the exact mean: reported, not a failure.

@@ -3,6 +3,9 @@
 Storage: one embedded moto S3 server for the session (``embedded_s3``), an `ObjectStore` on it per test
 (``store``), a fresh bucket per test (``bucket``) and a fault-injecting proxy in front of the server
 (``fault_proxy``; no faults until a test sets ``fault_proxy.plan``).
+
+Roles: ``cluster_factory`` (tests/support/cluster.py), an in-process cluster on a local chain and that server,
+with real keys; every test that runs roles in process uses it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from storage import EmbeddedS3, FaultProxy, ObjectStore, RetryConfig, TransferConfig
+from tests.support.cluster import cluster_factory  # noqa: F401  (a fixture, used by name)
 
 MiB = 1024 * 1024
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.cluster import cluster_factory  # noqa: F401  (fixture)
-
 CASES: list[tuple[str, str, str, str]] = []
 
 

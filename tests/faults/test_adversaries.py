@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from mapreduce.wire import keys
-from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.errors import InvalidName
 from mapreduce.flat import flatten
-from mapreduce.wire.keys import input_key
 from mapreduce.miner import Miner
 from mapreduce.wire.names import check_bucket, check_hotkey, check_run_id
 from mapreduce.peer import Peer
@@ -19,6 +17,7 @@ from mapreduce.plan import segment_bounds
 from mapreduce.scoring import ScoringConfig
 from mapreduce.wire.signing import Signer
 from mapreduce.validator import Validator, ValidatorConfig
+from tests.support.plant import plant_input
 from tests.support.cluster import peer_gradients
 
 from .adversaries import MINER_BEHAVIOURS, AdversarialMiner
@@ -72,15 +71,6 @@ async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, rel
                 f"peers used its output {used_cheat}x; max |avg - mean| {worst:.1e}")
 
 
-async def _plant(c, window, seg, bucket, signer: Signer, values: torch.Tensor, mangle=None) -> None:
-    meta = ObjectMeta(c.spec.run_id, window, "in", signer.hotkey, seg.index)
-    data = bytes(encode(meta, {"data": values}, signer).data)
-    if mangle:
-        data = mangle(data)
-    tag = keys.make_tag(signer, c.spec.run_id, window, seg.index, "in", bucket.owner)
-    await bucket.store.put(bucket.name, str(input_key(c.spec.run_id, window, seg.index, signer.hotkey, tag)), data)
-
-
 def _forge_signature(data: bytes) -> bytes:
     i = data.find(b'"signature":"') + len('"signature":"')
     return data[:i] + (b"00" if data[i:i + 2] != b"00" else b"11") + data[i + 2:]
@@ -109,16 +99,20 @@ async def test_dishonest_peer_input_is_excluded_and_counted(cluster_factory, rel
     bucket = await miner.net.bucket(window, miner.net.hotkey)
     seg = segment_bounds(c.spec.numel, c.spec.segments)[0]
     n = seg.numel
+
+    def plant(signer: Signer, values: torch.Tensor, **kw) -> None:
+        return plant_input(bucket, c.spec.run_id, window, seg.index, signer, values, **kw)
+
     if case == "forged_signature":
-        await _plant(c, window, seg, bucket, bad, torch.randn(n), mangle=_forge_signature)
+        await plant(bad, torch.randn(n), mangle=_forge_signature)
     elif case == "unregistered_hotkey":
-        await _plant(c, window, seg, bucket, Signer.from_uri("//nobody-registered-this"), torch.randn(n))
+        await plant(Signer.from_uri("//nobody-registered-this"), torch.randn(n))
     elif case == "wrong_shape":
-        await _plant(c, window, seg, bucket, bad, torch.randn(n + 7))
+        await plant(bad, torch.randn(n + 7))
     elif case == "oversized":
-        await _plant(c, window, seg, bucket, bad, torch.randn(n + 400_000))  # past the 1 MiB header slack
+        await plant(bad, torch.randn(n + 400_000))  # past the 1 MiB header slack
     elif case == "nan":
-        await _plant(c, window, seg, bucket, bad, torch.full((n,), float("nan")))
+        await plant(bad, torch.full((n,), float("nan")))
     results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
                                    miner.run_window(window))
     report = results[-1]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.cluster import cluster_factory  # noqa: F401  (fixture)
-
 ROWS: list[tuple[str, str, str, str]] = []
 
 

@@ -10,23 +10,15 @@ from collections import Counter
 import pytest
 import torch
 
-from mapreduce.wire import keys
-from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.inputs import reduce_segment
 from mapreduce.plan import Segment
 from mapreduce.reduce import Accumulator
-
-
-async def _put_input(c, net, bucket, window: int, signer, values: torch.Tensor) -> None:
-    meta = ObjectMeta(c.spec.run_id, window, "in", signer.hotkey, 0)
-    obj = encode(meta, {"data": values}, signer)
-    tag = keys.make_tag(signer, c.spec.run_id, window, 0, "in", bucket.owner)
-    await bucket.store.put(bucket.name, str(keys.input_key(c.spec.run_id, window, 0, signer.hotkey, tag)), obj.data)
+from tests.support.plant import plant_input
 
 
 @pytest.mark.parametrize("straggler", ["first", "last"])
 async def test_input_appearing_before_settle_is_counted(cluster_factory, straggler: str) -> None:
-    c = await cluster_factory(peers=3, miners=1, numel=40_000, segments=1, redundancy=1)
+    c = await cluster_factory(peers=3, miners=1, numel=40_000, segments=1, redundancy=1, store="memory")
     for i in range(3):
         await c.join("peers", i)
     net = await c.join("miners", 0)
@@ -38,11 +30,11 @@ async def test_input_appearing_before_settle_is_counted(cluster_factory, straggl
     values = {s.hotkey: torch.randn(c.spec.numel) for s in by_hotkey}
     for s in by_hotkey:
         if s is not late_one:
-            await _put_input(c, net, bucket, window, s, values[s.hotkey])
+            await plant_input(bucket, c.spec.run_id, window, 0, s, values[s.hotkey])
 
     async def straggle() -> None:
         await asyncio.sleep(0.3)  # after the early listing, before the listing is final
-        await _put_input(c, net, bucket, window, late_one, values[late_one.hotkey])
+        await plant_input(bucket, c.spec.run_id, window, 0, late_one, values[late_one.hotkey])
 
     rejected: Counter = Counter()
     deadline = time.time() + 30  # every input is on time

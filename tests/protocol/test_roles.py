@@ -6,8 +6,6 @@ import asyncio
 import pytest
 import torch
 
-from mapreduce.wire import keys
-from mapreduce.wire.codec import ObjectMeta, encode
 from mapreduce.flat import flatten
 from mapreduce.miner import Miner
 from mapreduce.peer import Peer, PeerConfig
@@ -16,6 +14,7 @@ from mapreduce.wire.signing import Signer
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.scoring import ScoringConfig
 
+from tests.support.plant import plant_input
 from tests.support.cluster import peer_gradients
 
 BLOCK = 0.3  # seconds; a window is 16 blocks
@@ -34,7 +33,7 @@ async def join_all(c, peer_fallback: str = "reduce"):
 
 
 async def test_one_window_end_to_end(cluster_factory, tmp_path) -> None:
-    c = await cluster_factory(peers=3, miners=2, block_time=0.3, numel=400_000)
+    c = await cluster_factory(peers=3, miners=2, block_time=0.3, numel=400_000, store="memory")
     peers, miners = await join_all(c)
     vnet = await c.join("validators", 0)
     validator = Validator(vnet, c.bucket_of("validators", 0), tmp_path / "v.json",
@@ -70,7 +69,7 @@ async def test_one_window_end_to_end(cluster_factory, tmp_path) -> None:
 
 
 async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> None:
-    c = await cluster_factory(peers=3, miners=1, redundancy=1, extra_registered=1, block_time=BLOCK)
+    c = await cluster_factory(peers=3, miners=1, redundancy=1, extra_registered=1, block_time=BLOCK, store="memory")
     peers, miners = await join_all(c)
     outsider = Signer.from_uri("//never-registered")
     registered_outsider = c.signers["outsiders"][0]  # registered on chain but not a committed peer
@@ -82,13 +81,9 @@ async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> Non
     seg = segment_bounds(c.spec.numel, c.spec.segments)[0]
 
     async def plant(signer: Signer, values: torch.Tensor) -> None:
-        meta = ObjectMeta(c.spec.run_id, window, "in", signer.hotkey, seg.index)
-        obj = encode(meta, {"data": values}, signer)
         # A tag that sorts before (almost) any other: when a peer wrote twice, its first key in key order counts.
-        tag = next(t for t in iter(lambda: keys.make_tag(signer, c.spec.run_id, window, seg.index, "in",
-                                                         miner_hotkey), None) if t.startswith("000"))
-        key = keys.input_key(c.spec.run_id, window, seg.index, signer.hotkey, tag)
-        await bucket.store.put(bucket.name, str(key), obj.data)
+        await plant_input(bucket, c.spec.run_id, window, seg.index, signer, values,
+                          tag_filter=lambda t: t.startswith("000"))
 
     nan = torch.randn(seg.numel)
     nan[3] = float("nan")
@@ -120,7 +115,7 @@ async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> Non
 
 @pytest.mark.parametrize("fallback", ["reduce", "own"])
 async def test_peers_finish_the_window_without_miners(cluster_factory, fallback: str) -> None:
-    c = await cluster_factory(peers=2, miners=2, block_time=BLOCK)
+    c = await cluster_factory(peers=2, miners=2, block_time=BLOCK, store="memory")
     peers, miners = await join_all(c, peer_fallback=fallback)
     grads = peer_gradients(c.spec, 2, seed=9)
     window = await c.next_window()
@@ -142,7 +137,7 @@ async def test_a_peer_the_run_excludes_is_told_so_clearly(cluster_factory) -> No
     from mapreduce.errors import NotAParticipant
     from mapreduce.network import Network
 
-    c = await cluster_factory(peers=1, miners=1, block_time=BLOCK)
+    c = await cluster_factory(peers=1, miners=1, block_time=BLOCK, store="memory")
     await c.join("miners", 0)
     signer = c.signers["peers"][0]
     denied = dataclasses.replace(c.spec, deny_hotkeys=(signer.hotkey,))

@@ -18,7 +18,7 @@ from mapreduce.network import Network, StorePool
 from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.windows import WindowConfig
-from storage import RetryConfig, TransferConfig
+from storage import MemoryS3, RetryConfig, TransferConfig
 
 _run_ids = itertools.count()
 PUBLIC_KEYS = ("MRTESTPUBLICKEY00000", "test-public-secret-not-the-account-key")
@@ -72,8 +72,10 @@ async def cluster_factory(embedded_s3, tmp_path):
 
     async def make(peers: int = 3, miners: int = 2, validators: int = 1, block_time: float = 0.1,
                    extra_registered: int = 0, endpoint: str | None = None, transfer: TransferConfig | None = None,
-                   retry: RetryConfig | None = None, **spec_kw) -> Cluster:
-        """``endpoint``: reach S3 through this URL instead (a fault proxy); ``transfer``/``retry``: storage knobs."""
+                   retry: RetryConfig | None = None, store: str = "s3", **spec_kw) -> Cluster:
+        """``endpoint``: reach S3 through this URL instead (a fault proxy); ``transfer``/``retry``: storage knobs;
+        ``store="memory"``: an in-memory S3 (storage/memory.py: the real ObjectStore over an in-memory transport)
+        instead of the embedded HTTP server, for role tests that are not about HTTP."""
         n = next(_run_ids)
         run_id = f"t{n}-{tmp_path.name[-12:]}".replace("_", "-").lower()
         spec = make_spec(run_id, **spec_kw)
@@ -85,10 +87,12 @@ async def cluster_factory(embedded_s3, tmp_path):
             for s in group:
                 chain.register(s.hotkey, stake=100.0 if role == "validators" else 0.0,
                                validator_permit=role == "validators")
-        config = embedded_s3.config()
+        memory = MemoryS3() if store == "memory" else None
+        config = memory.config() if memory else embedded_s3.config()
         if endpoint:
             config = replace(config, endpoint_url=endpoint)
-        c = Cluster(spec, chain, StorePool(config, transfer, retry), config.endpoint_url, signers)
+        pool = StorePool(config, transfer, retry, store_factory=memory.store if memory else None)
+        c = Cluster(spec, chain, pool, config.endpoint_url, signers)
         made.append(c)
         return c
 
