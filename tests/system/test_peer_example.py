@@ -47,9 +47,8 @@ def test_the_readme_peer_trains_with_another_against_the_local_swarm(tmp_path) -
         try:
             swarm.start(s3)
             swarm.wait_ready(chain)
-            env.update({"MR_S3_ENDPOINT_URL": s3.endpoint_url, "MR_S3_ACCESS_KEY_ID": "testing",
-                        "MR_S3_SECRET_ACCESS_KEY": "testing", "MR_S3_REGION": "us-east-1",
-                        "MR_S3_ADDRESSING_STYLE": "path", "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEY_ID,
+            # Our account (MR_S3_*) and the read keys we publish for others (MR_PUBLIC_*), as in a user's .env.
+            env.update({**s3.config().to_env(), "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEY_ID,
                         "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_SECRET})
             for i in range(2):
                 hotkey = _wallet(tmp_path / "wallets", f"peer{i}", f"//{swarm.run_id}/readme-peer/{i}")
