@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                       + f"; weights before the step identical: {same(r['before'][step], ranks[0]['before'][step])}")
             failures.append(f"ranks' weights differ after step {step} (some inputs missed the upload deadline? "
                             "on a loaded machine, try --block-time 1)")
+            dump = swarm.dir / "diverged.pt"  # every rank's weights and averages, to look at afterwards
+            torch.save([{k: r.get(k) for k in ("after_broadcast", "before", "average", "weights", "sources")}
+                        for r in ranks], dump)
+            print(f"  (each rank's weights and averages: {dump})")
     # A fallback (a late miner, on a loaded machine) still gives the exact mean: reported, not a failure.
     fallbacks = sum(r["fallbacks"] for r in ranks)
     print(f"all-reduce: {fallbacks} segment(s) finished by a peer instead of a miner's output")

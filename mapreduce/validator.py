@@ -606,21 +606,7 @@ class Validator:
         bucket = cache.bucket
         key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
         info = await bucket.store.head(bucket.name, key)
-        seen = obs.versions.get((miner, seg.index), {})
-        if info.etag not in seen:
-            if seen:
-                raise Wrong("output was overwritten after the reduce deadline")
-            raise Late("the output there now appeared after the reduce deadline")
-        version = seen[info.etag]
-        if version.valid is False:
-            raise Wrong(f"the output seen before the deadline is not a valid output of this miner: {version.why}")
-        if version.root is None or version.read_at is None \
-                or version.read_at > obs.reduce_deadline_time + self.net.spec.windows.clock_skew_seconds:
-            # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
-            # endpoint can list what does not exist yet, hold our reads, and write it once the checks are known).
-            raise Late("its output could not be read before the reduce deadline"
-                       + (f" (read {version.read_at - obs.reduce_deadline_time:.1f}s after it)" if version.read_at
-                          else ""))
+        version = self._pinned(obs, miner, seg, info)
         check.latency = version.first_seen - obs.settle_time
         obs.checked[(miner, seg.index)] = info.etag
         if impossible_stamp(info, self.net.spec.windows.clock_skew_seconds):
@@ -653,16 +639,7 @@ class Validator:
         check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
                                                       sorted(set(ranges) | set(extra)),
                                                       self.net.spec.torch_wire_dtype, proof, salt)
-        # Before blaming the miner for an input it left out, verify that whole input: a peer can sign a valid
-        # header over a NaN or torn body, which the miner was right to refuse.
-        left_out = sorted(p for p in expected if listed.get(p) != expected[p][0])
-        for peer in left_out:
-            ref = InputRef(peer, expected[peer][1].key, expected[peer][1])
-            if await fetch_input(self.net, plan.window, seg, bucket, ref, rejected) is None:
-                del expected[peer]
-        for peer in elsewhere:
-            if peer not in expected and peer not in listed:
-                expected[peer] = elsewhere[peer]
+        await self._settle_expected(plan, seg, bucket, listed, expected, elsewhere, rejected)
         check.expected = len(expected)
         check.included_expected = sum(expected[h][0] == s for h, s in listed.items() if h in expected)
         reasons = []
@@ -674,6 +651,40 @@ class Validator:
             reasons.append(f"left out {check.expected - check.included_expected} valid input(s) "
                            f"({', '.join(h[:10] for h in missing)})")
         check.reason = "; ".join(reasons)
+
+    def _pinned(self, obs: Observation, miner: str, seg: Segment, info: ObjectInfo) -> Version:
+        """The version of the output we saw and read before the reduce deadline, if the one there now is it."""
+        seen = obs.versions.get((miner, seg.index), {})
+        if info.etag not in seen:
+            if seen:
+                raise Wrong("output was overwritten after the reduce deadline")
+            raise Late("the output there now appeared after the reduce deadline")
+        version = seen[info.etag]
+        if version.valid is False:
+            raise Wrong(f"the output seen before the deadline is not a valid output of this miner: {version.why}")
+        if version.root is None or version.read_at is None \
+                or version.read_at > obs.reduce_deadline_time + self.net.spec.windows.clock_skew_seconds:
+            # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
+            # endpoint can list what does not exist yet, hold our reads, and write it once the checks are known).
+            raise Late("its output could not be read before the reduce deadline"
+                       + (f" (read {version.read_at - obs.reduce_deadline_time:.1f}s after it)" if version.read_at
+                          else ""))
+        return version
+
+    async def _settle_expected(self, plan: Plan, seg: Segment, bucket, listed: dict[str, str],
+                               expected: dict[str, tuple[str, ObjectInfo]],
+                               elsewhere: dict[str, tuple[str, ObjectInfo]], rejected: Counter) -> None:
+        """The inputs this output should cover: those we listed before the deadline that are valid as a whole (a
+        peer can sign a valid header over a NaN or torn body, which the miner was right to refuse), plus those
+        another replica's signed output shows existed."""
+        left_out = sorted(p for p in expected if listed.get(p) != expected[p][0])
+        for peer in left_out:
+            ref = InputRef(peer, expected[peer][1].key, expected[peer][1])
+            if await fetch_input(self.net, plan.window, seg, bucket, ref, rejected) is None:
+                del expected[peer]
+        for peer in elsewhere:
+            if peer not in expected and peer not in listed:
+                expected[peer] = elsewhere[peer]
 
     async def _against_replicas(self, plan: Plan, obs: Observation, miner: str, seg: Segment, reader: RangeReader,
                                 version: Version, rng: random.Random, rejected: Counter

@@ -46,6 +46,7 @@ def test_the_installed_package_runs_the_roles_and_a_swarm_outside_the_checkout(t
         helped = run("-m", "mapreduce", role, "--help")
         assert helped.returncode == 0, helped.stderr[-2000:]
         assert "--bucket" in helped.stdout and "--spec" in helped.stdout
+    # Two windows: the swarm checks that the loss goes down, which one window cannot show.
     swarm = run("-m", "mapreduce", "swarm", "--peers", "2", "--miners", "2", "--windows", "2", timeout=300)
     assert swarm.returncode == 0, swarm.stdout[-3000:] + swarm.stderr[-3000:]
     runs = list((work / "runs").iterdir())  # the run's files land where it was started, not in site-packages

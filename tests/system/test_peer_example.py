@@ -58,7 +58,7 @@ def test_the_readme_peer_trains_with_another_against_the_local_swarm(tmp_path) -
                      "--bucket", f"{swarm.run_id}-readme-peer-{i}", "--netuid", "1", "--wallet.name", f"peer{i}",
                      "--wallet.hotkey", "default", "--wallet.path", str(tmp_path / "wallets"),
                      "--chain.local", str(swarm.dir / "chain.sqlite"), "--env-file", str(tmp_path / "none.env"),
-                     "--steps", "3"],
+                     "--steps", "2"],
                     cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             outputs = [p.communicate(timeout=240) for p in procs]
         finally:
@@ -69,6 +69,6 @@ def test_the_readme_peer_trains_with_another_against_the_local_swarm(tmp_path) -
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
         steps = re.findall(r"step (\d): window (\d+), loss ([\d.]+), averaged over (\d+) peers", out)
-        assert [s[0] for s in steps] == ["0", "1", "2"], out
-        # Each started when the other did, give or take a window: at least one window averaged both gradients.
+        assert [s[0] for s in steps] == ["0", "1"], out
+        # Each started when the other did, give or take a window: of two windows, at least one averaged both.
         assert any(s[3] == "2" for s in steps), out
