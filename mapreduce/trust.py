@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -29,7 +28,7 @@ from typing import Mapping, Sequence
 from storage import NotFound, ObjectTooLarge, StorageError
 
 from . import seeds
-from .errors import InvalidObject, MalformedReport, NoBucketOnChain
+from .errors import InvalidObject, NoBucketOnChain
 from .network import Network
 from .wire.expect import MAX_REPORT_BYTES
 from .wire.keys import report_key
@@ -49,14 +48,9 @@ class TrustedScores:
 
 
 def _ema_of(data: bytes, run: str, validator: str, window: int) -> dict[str, float]:
-    """The ``ema`` map of a signed report, checked: the validator's signature, this window, scores in [0, 1]."""
-    report = decode_report(data, run, window, validator)
-    ema = report.get("ema")
-    if not isinstance(ema, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and 0.0 <= v <= 1.0 for k, v in ema.items()):
-        raise MalformedReport("report's ema is not a map of miner -> score in [0, 1]")
-    return {k: float(v) for k, v in ema.items()}
+    """The ``ema`` map of a signed report (its signature, window and every score in [0, 1] checked by
+    :func:`~mapreduce.wire.records.decode_report`)."""
+    return decode_report(data, run, window, validator)["ema"]
 
 
 async def trusted_scores(net: Network, window: int, lookback: int = 4) -> TrustedScores:

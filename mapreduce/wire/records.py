@@ -16,6 +16,7 @@ never as an exception of another type.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -33,7 +34,6 @@ from .signing import Signer
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 _TAG = re.compile(r"[0-9a-f]{128}")
-# Reports list every check of a window: a few MiB covers thousands of miners; nothing larger is read.
 
 
 def _hotkey(value: Any) -> bool:
@@ -164,11 +164,47 @@ def encode_report(run: str, window: int, signer: Signer, body: Mapping[str, Any]
 
 
 def decode_report(data: bytes | bytearray | memoryview, run: str, window: int, validator: str) -> dict[str, Any]:
-    """A report's JSON after its checks (the validator's signature, the hash tree, a JSON object naming this
-    validator and window); raises InvalidObject."""
+    """A report's JSON after every check its readers rely on (the validator's signature, the hash tree, a JSON
+    object naming this validator and window, and the form of each field below); raises InvalidObject.
+
+    Miners weigh ``ema`` (mapreduce/trust.py); the report command plots ``scores``, ``ema``, ``checks`` and
+    ``rejected`` (mapreduce/ops/plots.py); the broadcast example reads ``hosting``. A validator signs whatever it
+    likes, so each is checked here, once: a missing field reads as empty, a malformed one refuses the report.
+    """
     key = str(report_key(run, window, validator))
     decoded = decode(data, key, report_expect(validator))
     body = strictjson.loads(decoded.tensors[REPORT_TENSOR].numpy().tobytes(), "the report", error=MalformedReport)
     if not isinstance(body, dict) or body.get("validator") != validator or body.get("window") != window:
         raise MalformedReport("the report does not name its validator and window")
+    for name in ("ema", "scores"):
+        body[name] = _score_map(body.get(name, {}), name)
+    rejected = body.setdefault("rejected", {})
+    if not isinstance(rejected, dict) or not all(isinstance(k, str) and _count(v) for k, v in rejected.items()):
+        raise MalformedReport("the report's rejected is not a map of reason -> count")
+    for name in ("checks", "hosting"):
+        rows = body.setdefault(name, [])
+        if not isinstance(rows, list) or not all(_check_row(r) for r in rows):
+            raise MalformedReport(f"the report's {name} is not a list of checks (miner, segment, status, latency)")
     return body
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _score_map(value: Any, name: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+            _hotkey(k) and _number(v) and 0.0 <= v <= 1.0 for k, v in value.items()):
+        raise MalformedReport(f"the report's {name} is not a map of miner -> score in [0, 1]")
+    return {k: float(v) for k, v in value.items()}
+
+
+def _check_row(row: Any) -> bool:
+    """One check of a report: a miner, a segment, a status word, and a latency in seconds or null."""
+    return (isinstance(row, dict) and _hotkey(row.get("miner")) and _count(row.get("segment"))
+            and isinstance(row.get("status"), str) and len(row["status"]) <= 32
+            and (row.get("latency") is None or (_number(row["latency"]) and row["latency"] >= 0)))

@@ -131,3 +131,22 @@ def test_report_command_says_what_is_wrong(embedded_s3, bucket, tmp_path, monkey
     code, out = run("Bad_Bucket")
     assert code == 1 and "not a valid S3 bucket name" in out
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_signed_report_with_malformed_rows_is_refused_not_plotted() -> None:
+    """A validator signs whatever it likes: every field the plots and the miners read is checked when the report is
+    decoded (mapreduce/wire/records.py), so a malformed row is a typed refusal, never a KeyError in the plots."""
+    def body(**fields) -> bytes:
+        return bytes(encode_report("run-x", 4, SIGNERS["v1"], {"window": 4, "validator": V1, **fields}).data)
+
+    ok = parse_report(body(), "run-x", 4, V1)  # missing fields read as empty
+    assert (ok["checks"], ok["scores"], ok["ema"], ok["rejected"], ok["hosting"]) == ([], {}, {}, {}, [])
+    for fields in ({"checks": [{"status": "ok"}]},  # no miner, no segment: plots would raise KeyError
+                   {"checks": [{"miner": M1, "segment": 0, "status": "ok", "latency": "fast"}]},
+                   {"checks": [{"miner": "../x", "segment": 0, "status": "ok"}]},
+                   {"hosting": [{"miner": M1, "segment": -1, "status": "ok"}]},
+                   {"scores": {M1: 5.0}}, {"ema": {"not-a-hotkey": 0.5}}, {"ema": []},
+                   {"rejected": {"late": -1}}, {"rejected": {"late": True}}):
+        with pytest.raises(InvalidObject) as e:
+            parse_report(body(**fields), "run-x", 4, V1)
+        assert e.value.reason == "malformed_report", fields
