@@ -1,4 +1,6 @@
-"""Peers, miners and a validator through whole windows, on the embedded S3 server and a local chain."""
+"""Peers, miners and a validator through whole windows, on an in-memory S3 and a stepped local chain: the test
+produces each window's blocks as its work is done (``Cluster.drive``, tests/support/driver.py), so no role races
+the wall clock and no test idles until a deadline."""
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +19,6 @@ from mapreduce.scoring import ScoringConfig
 from tests.support.plant import plant_input
 from tests.support.cluster import peer_gradients
 
-BLOCK = 0.3  # seconds; a window is 16 blocks
-
-
 def fp32_bound(grads: list[dict[str, torch.Tensor]]) -> float:
     scale = max(float(t.abs().max()) for g in grads for t in g.values())
     return (len(grads) + 1) * 2.0 ** -24 * scale
@@ -33,7 +32,7 @@ async def join_all(c, peer_fallback: str = "reduce"):
 
 
 async def test_one_window_end_to_end(cluster_factory, tmp_path) -> None:
-    c = await cluster_factory(peers=3, miners=2, block_time=0.3, numel=400_000, store="memory")
+    c = await cluster_factory(peers=3, miners=2, numel=400_000, store="memory", stepped=True)
     peers, miners = await join_all(c)
     vnet = await c.join("validators", 0)
     validator = Validator(vnet, c.bucket_of("validators", 0), tmp_path / "v.json",
@@ -41,7 +40,8 @@ async def test_one_window_end_to_end(cluster_factory, tmp_path) -> None:
     grads = peer_gradients(c.spec, 3)
     window = await c.next_window()
     results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
-                                   *(m.run_window(window) for m in miners), validator.validate_window(window))
+                                   *(m.run_window(window) for m in miners), validator.validate_window(window),
+                                   c.drive(window, validator=True))
     peer_results, miner_reports, report = results[:3], results[3:5], results[5]
 
     mean = torch.stack([flatten(c.spec, g).double() for g in grads]).mean(0)
@@ -69,12 +69,13 @@ async def test_one_window_end_to_end(cluster_factory, tmp_path) -> None:
 
 
 async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> None:
-    c = await cluster_factory(peers=3, miners=1, redundancy=1, extra_registered=1, block_time=BLOCK, store="memory")
+    c = await cluster_factory(peers=3, miners=1, redundancy=1, extra_registered=1, store="memory", stepped=True)
     peers, miners = await join_all(c)
     outsider = Signer.from_uri("//never-registered")
     registered_outsider = c.signers["outsiders"][0]  # registered on chain but not a committed peer
     grads = peer_gradients(c.spec, 3, seed=5)
     window = await c.next_window()
+    driving = c.drive(window)
     await c.nets[0].wait_for_block(c.spec.windows.phases(window).start_block)
     miner_hotkey = miners[0].net.hotkey
     bucket = await miners[0].net.bucket(window, miner_hotkey)
@@ -96,7 +97,7 @@ async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> Non
     results = await asyncio.gather(peers[0].allreduce(grads[0], window=window),
                                    peers[1].allreduce(grads[1], window=window),
                                    peers[2].allreduce(grads[2], window=window),
-                                   miners[0].run_window(window), return_exceptions=True)
+                                   miners[0].run_window(window), driving, return_exceptions=True)
     report = results[3]
     assert not isinstance(report, BaseException), report
     assert report.rejected["non_finite"] == 1, report.line()
@@ -115,12 +116,13 @@ async def test_miner_excludes_bad_inputs_and_counts_them(cluster_factory) -> Non
 
 @pytest.mark.parametrize("fallback", ["reduce", "own"])
 async def test_peers_finish_the_window_without_miners(cluster_factory, fallback: str) -> None:
-    c = await cluster_factory(peers=2, miners=2, block_time=BLOCK, store="memory")
+    c = await cluster_factory(peers=2, miners=2, store="memory", stepped=True)
     peers, miners = await join_all(c, peer_fallback=fallback)
     grads = peer_gradients(c.spec, 2, seed=9)
     window = await c.next_window()
     # no miner runs this window
-    results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)))
+    results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
+                                   c.drive(window, miners=()))
     mean = torch.stack([flatten(c.spec, g).double() for g in grads]).mean(0)
     for r, g in zip(results, grads):
         if fallback == "reduce":
@@ -137,12 +139,13 @@ async def test_a_peer_the_run_excludes_is_told_so_clearly(cluster_factory) -> No
     from mapreduce.errors import NotAParticipant
     from mapreduce.network import Network
 
-    c = await cluster_factory(peers=1, miners=1, block_time=BLOCK, store="memory")
+    c = await cluster_factory(peers=1, miners=1, store="memory", stepped=True)
     await c.join("miners", 0)
     signer = c.signers["peers"][0]
     denied = dataclasses.replace(c.spec, deny_hotkeys=(signer.hotkey,))
     peer = Peer(Network(denied, c.chain, signer, c.pool, chain_poll=0.02), c.bucket_of("peers", 0))
     await peer.setup()
     window = await c.next_window()
+    c.drive(window, peers=(), miners=())  # the peer is refused at the window's first block
     with pytest.raises(NotAParticipant, match="deny list"):
         await peer.allreduce(peer_gradients(c.spec, 1)[0], window=window)

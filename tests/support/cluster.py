@@ -3,9 +3,14 @@
 Roles run as asyncio tasks in the test's process (the swarm test runs them as processes). Windows are 16 blocks:
 4 to upload, 10 to reduce (the reduce phase starts with the ~1.25 s settling wait, windows.settle_time); the clock
 skew allowance is 0: chain, S3 server and roles share one clock.
+
+The chain is a wall-clock `LocalChain` (blocks every ``block_time`` s), or with ``stepped=True`` a `SteppedChain`
+whose blocks the test produces: ``Cluster.drive(window)`` (tests/support/driver.py) steps it through a window as
+each phase's work is done, so no role races the clock and no test idles until a deadline.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass, field, replace
 
@@ -13,12 +18,14 @@ import pytest
 import torch
 
 from mapreduce.chain.local import LocalChain
+from mapreduce.chain.stepped import SteppedChain
 from mapreduce.directory import BucketLocation
 from mapreduce.network import Network, StorePool
 from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.windows import WindowConfig
 from storage import MemoryS3, RetryConfig, TransferConfig
+from tests.support.driver import WindowDriver
 
 _run_ids = itertools.count()
 PUBLIC_KEYS = ("MRTESTPUBLICKEY00000", "test-public-secret-not-the-account-key")
@@ -32,6 +39,7 @@ class Cluster:
     s3_endpoint: str
     signers: dict[str, list[Signer]] = field(default_factory=dict)
     nets: list[Network] = field(default_factory=list)
+    drivers: list[asyncio.Task] = field(default_factory=list)
 
     def network(self, signer: Signer, pool: StorePool | None = None) -> Network:
         net = Network(self.spec, self.chain, signer, pool or self.pool, chain_poll=0.02)
@@ -53,6 +61,14 @@ class Cluster:
         await net.commit(loc)
         return net
 
+    def drive(self, window: int, **kw) -> asyncio.Task:
+        """Start producing ``window``'s blocks as its work is done (:class:`~tests.support.driver.WindowDriver`,
+        whose options ``kw`` are); the task ends at the window's last block (await it, or put it in the test's
+        gather). A stepped cluster only; one still running when the test ends is cancelled."""
+        task = asyncio.ensure_future(WindowDriver(self, window, **kw).run())
+        self.drivers.append(task)
+        return task
+
     async def next_window(self, margin_blocks: int = 1) -> int:
         """A window whose start is still ahead, so everyone sees the same directory when its plan is drawn."""
         block = self.chain.current_block()
@@ -72,14 +88,19 @@ async def cluster_factory(embedded_s3, tmp_path):
 
     async def make(peers: int = 3, miners: int = 2, validators: int = 1, block_time: float = 0.1,
                    extra_registered: int = 0, endpoint: str | None = None, transfer: TransferConfig | None = None,
-                   retry: RetryConfig | None = None, store: str = "s3", **spec_kw) -> Cluster:
+                   retry: RetryConfig | None = None, store: str = "s3", stepped: bool = False,
+                   **spec_kw) -> Cluster:
         """``endpoint``: reach S3 through this URL instead (a fault proxy); ``transfer``/``retry``: storage knobs;
         ``store="memory"``: an in-memory S3 (storage/memory.py: the real ObjectStore over an in-memory transport)
-        instead of the embedded HTTP server, for role tests that are not about HTTP."""
+        instead of the embedded HTTP server, for role tests that are not about HTTP. ``stepped``: a `SteppedChain`
+        at block 0 whose blocks only ``Cluster.drive`` (or ``chain.advance_to``) produces; ``block_time`` is
+        then unused."""
         n = next(_run_ids)
         run_id = f"t{n}-{tmp_path.name[-12:]}".replace("_", "-").lower()
         spec = make_spec(run_id, **spec_kw)
-        chain = LocalChain.create(tmp_path / f"chain{n}.sqlite", netuid=1, block_time=block_time)
+        path = tmp_path / f"chain{n}.sqlite"
+        chain = (SteppedChain.create(path, netuid=1) if stepped
+                 else LocalChain.create(path, netuid=1, block_time=block_time))
         signers = {role: [Signer.from_uri(f"//{run_id}/{role}/{i}") for i in range(count)]
                    for role, count in (("peers", peers), ("miners", miners), ("validators", validators),
                                        ("outsiders", extra_registered))}
@@ -97,11 +118,18 @@ async def cluster_factory(embedded_s3, tmp_path):
         return c
 
     yield make
+    failed: list[BaseException] = []
     for c in made:
+        failed += [t.exception() for t in c.drivers if t.done() and not t.cancelled() and t.exception()]
+        for task in c.drivers:
+            task.cancel()
+        await asyncio.gather(*c.drivers, return_exceptions=True)
         await c.pool.close()
         for net in c.nets:
             if net.pool is not c.pool:
                 await net.pool.close()
+    if failed:
+        raise failed[0]
 
 
 def peer_gradients(spec: RunSpec, peers: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
