@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from mapreduce.chain.stepped import SteppedChain
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Condition = Callable[[], "bool | Awaitable[bool]"]
+Condition = Callable[[], bool | Awaitable[bool]]
 
 # Four polls of a validator's outputs: it lists them at most one poll after they appear, then reads each header.
 READ_GRACE = 4 * ValidatorConfig().poll_interval
