@@ -17,7 +17,7 @@ from mapreduce.inputs import fetch_input, list_inputs
 from mapreduce.wire.keys import ObjectKey
 from mapreduce.miner import Miner, Produced
 from mapreduce.network import Bucket
-from mapreduce.plan import Segment
+from mapreduce.plan import Segment, segment_bounds
 from mapreduce.wire.proof import proof_rows, proof_salt
 from mapreduce.reduce import Accumulator
 from storage import NotFound
@@ -69,9 +69,11 @@ class AdversarialMiner(Miner):
         self.deleted: list[tuple[str, float]] = []  # deletes_input: (key, unix time) of each input it deleted
         self.written_late: dict[str, float] = {}  # lying_listing: output key -> when the real object was written
         self.aside: dict[str, bytes] = {}  # equivocates: output key -> the signed corrupted object downloaders get
+        self.forged: dict[int, tuple] = {}  # forges_input: segment -> (key, sha256, values) of the forgery
 
     async def run_window(self, window: int):
-        deleter = (asyncio.create_task(self._delete_victims(window)) if self.behaviour == "deletes_input"
+        during_upload = {"deletes_input": self._delete_victims, "forges_input": self._forge_early}
+        deleter = (asyncio.create_task(during_upload[self.behaviour](window)) if self.behaviour in during_upload
                    else None)
         try:
             report = await super().run_window(window)
@@ -174,6 +176,31 @@ class AdversarialMiner(Miner):
                     self.deleted.append((info.key, time.time()))
             await asyncio.sleep(0.02)
 
+    async def _forge_early(self, window: int) -> None:
+        """Through the upload phase, replace the first input of each segment that lands in our own bucket with
+        made-up values at the same key, signed by us (we cannot sign as that peer): on time by every stamp, so
+        only its signature can give it away."""
+        phases = self.net.phases(window)
+        await self.net.wait_for_block(phases.start_block)
+        bucket = await self.net.bucket(window, self.net.hotkey)
+        prefix = keys.role_prefix(self.net.spec.run_id, window, "in")
+        segments = segment_bounds(self.net.spec.numel, self.net.spec.segments)
+        while await self.net.block() < phases.upload_deadline:
+            for info in await bucket.store.list(bucket.name, prefix):
+                try:
+                    k = ObjectKey.parse(info.key)
+                except (InvalidObject, ValueError):
+                    continue
+                if k.segment is None or k.segment in self.forged or k.segment >= len(segments):
+                    continue
+                fake = torch.zeros(segments[k.segment].numel, dtype=self.net.spec.torch_wire_dtype)
+                obj = encode(ObjectMeta(self.net.spec.run_id, window, "in", self.net.hotkey, k.segment),
+                             {"data": fake}, self.net.signer)
+                await bucket.store.delete(bucket.name, info.key)  # its own bucket: it may replace the input
+                await bucket.store.put(bucket.name, info.key, obj.data)
+                self.forged[k.segment] = (info.key, obj.sha256, fake)
+            await asyncio.sleep(0.02)
+
     async def _publish_late(self, window, seg, bucket, produced) -> None:
         await self.net.wait_for_block(self.net.phases(window).reduce_deadline + 1)
         await super().publish(window, seg, bucket, produced)
@@ -226,22 +253,19 @@ class AdversarialMiner(Miner):
         return None
 
     async def _forge(self, window, seg, bucket, deadline, rejected) -> Produced | None:
-        """Put made-up values in place of the first peer's input (we cannot sign as that peer, so we sign the
-        forgery ourselves), store it under the peer's key, and reduce with it."""
+        """Reduce with the forgery planted during the upload phase (:meth:`_forge_early`) in place of that peer's
+        input, listing it under that peer's name with the forgery's hash."""
         salt = proof_salt(self.net.spec.run_id, window, seg.index, self.net.hotkey)
         refs = await list_inputs(self.net, window, seg, bucket, deadline, rejected)
-        if not refs:
+        forged_key, forged_sha, fake = self.forged.get(seg.index, (None, None, None))
+        if not refs or forged_key is None:
             return None
-        victim = refs[0]
-        fake = torch.zeros(seg.numel, dtype=self.net.spec.torch_wire_dtype)
-        obj = encode(ObjectMeta(self.net.spec.run_id, window, "in", self.net.hotkey, seg.index), {"data": fake},
-                     self.net.signer)
-        await bucket.store.delete(bucket.name, victim.key)  # its own bucket: it may replace the victim's input
-        await bucket.store.put(bucket.name, victim.key, obj.data)
         acc = Accumulator(seg.numel)
-        acc.add(victim.hotkey, obj.sha256, fake, proof_rows(memoryview(fake.view(torch.uint8).numpy()), salt),
-                tag=victim.tag)
-        for ref in refs[1:]:
+        for ref in refs:
+            if ref.key == forged_key:
+                acc.add(ref.hotkey, forged_sha, fake, proof_rows(memoryview(fake.view(torch.uint8).numpy()), salt),
+                        tag=ref.tag)
+                continue
             got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)
             if got is not None:
                 acc.add(ref.hotkey, *got, tag=ref.tag)
