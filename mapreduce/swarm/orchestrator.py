@@ -47,6 +47,17 @@ def package_path() -> str:
     return os.pathsep.join([str(PACKAGES), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
+def write_wallet(path: Path, name: str, uri: str) -> str:
+    """An unencrypted wallet ``name`` (hotkey ``default``) under ``path`` for the key at ``uri``; its hotkey. Local
+    runs and tests only: real wallets are made with btcli and hold encrypted keys."""
+    from bittensor_wallet import Keypair, Wallet
+    w = Wallet(name=name, hotkey="default", path=str(path))
+    kp = Keypair.create_from_uri(uri)
+    w.set_hotkey(kp, encrypt=False, overwrite=True)
+    w.set_coldkeypub(kp, overwrite=True)
+    return kp.ss58_address
+
+
 def free_port(host: str = METRICS_HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -78,13 +89,6 @@ class Swarm:
                 "validators": [ident("validator", 0)],
                 "peers": [ident("peer", i) for i in range(self.cfg.peers)]}
 
-    def _write_wallet(self, name: str, uri: str) -> None:
-        from bittensor_wallet import Keypair, Wallet
-        w = Wallet(name=name, hotkey="default", path=str(self.dir / "wallets"))
-        kp = Keypair.create_from_uri(uri)
-        w.set_hotkey(kp, encrypt=False, overwrite=True)
-        w.set_coldkeypub(kp, overwrite=True)
-
     def prepare(self) -> RunSpec:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
@@ -105,8 +109,8 @@ class Swarm:
         for p in ids["peers"]:
             chain.register(p["hotkey"])
         for i, m in enumerate(ids["miners"]):
-            self._write_wallet(f"miner{i}", m["uri"])
-        self._write_wallet("validator0", ids["validators"][0]["uri"])
+            write_wallet(self.dir / "wallets", f"miner{i}", m["uri"])
+        write_wallet(self.dir / "wallets", "validator0", ids["validators"][0]["uri"])
         config = {**asdict(self.cfg), **ids, "run_dir": str(self.dir)}
         (self.dir / "swarm.json").write_text(json.dumps(config, indent=1))
         self.ids = ids

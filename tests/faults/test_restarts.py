@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from bittensor_wallet import Keypair, Wallet
 
 from mapreduce.wire import keys
 from mapreduce.flat import flatten
@@ -19,17 +18,11 @@ from mapreduce.errors import InvalidObject
 from mapreduce.peer import Peer
 from mapreduce.wire.records import decode_report
 from mapreduce.scoring import ScoringConfig
+from mapreduce.swarm.orchestrator import write_wallet
 from storage import StorageError
 from tests.support.cluster import PUBLIC_KEYS, peer_gradients
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_wallet(path: Path, name: str, uri: str) -> None:
-    w = Wallet(name=name, hotkey="default", path=str(path))
-    kp = Keypair.create_from_uri(uri)
-    w.set_hotkey(kp, encrypt=False, overwrite=True)
-    w.set_coldkeypub(kp, overwrite=True)
 
 
 class Process:

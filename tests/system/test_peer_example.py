@@ -9,22 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bittensor_wallet import Keypair, Wallet
-
 from mapreduce.chain.local import LocalChain
-from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET, Swarm, SwarmConfig
+from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET, Swarm, SwarmConfig, write_wallet
 from storage import EmbeddedS3
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "peer.py"
-
-
-def _wallet(path: Path, name: str, uri: str) -> str:
-    kp = Keypair.create_from_uri(uri)
-    w = Wallet(name=name, hotkey="default", path=str(path))
-    w.set_coldkeypub(kp, overwrite=True)
-    w.set_hotkey(kp, encrypt=False, overwrite=True)
-    return kp.ss58_address
 
 
 def test_the_readme_peer_trains_with_another_against_the_local_swarm(tmp_path) -> None:
@@ -51,7 +41,7 @@ def test_the_readme_peer_trains_with_another_against_the_local_swarm(tmp_path) -
             env.update({**s3.config().to_env(), "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEY_ID,
                         "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_SECRET})
             for i in range(2):
-                hotkey = _wallet(tmp_path / "wallets", f"peer{i}", f"//{swarm.run_id}/readme-peer/{i}")
+                hotkey = write_wallet(tmp_path / "wallets", f"peer{i}", f"//{swarm.run_id}/readme-peer/{i}")
                 chain.register(hotkey)  # an admin action on the local chain; `btcli subnet register` on a real one
                 procs.append(subprocess.Popen(
                     [sys.executable, str(EXAMPLE), "train", "--spec", str(swarm.dir / "spec.json"),
