@@ -42,6 +42,7 @@ from .errors import InvalidObject, Late, NoBucketOnChain
 from .hosting import HostingConfig, check_hosting, hosting_lines
 from .inputs import InputRef, counted, fetch_input
 from .listing import PER_WRITER_KEYS, cap_for, genuine, list_capped
+from .looplag import LoopLag
 from .network import Bucket, Network
 from .observers import Observers
 from .plan import Plan, Segment
@@ -102,6 +103,7 @@ class Version:
 
     first_seen: float
     info: ObjectInfo | None = None
+    unseen_at: float = 0.0  # when the last listing that did not show it started (our clock)
     valid: bool | None = None
     root: str | None = None
     mean: str | None = None
@@ -126,6 +128,19 @@ class Observation:
     upload_deadline_time: float = 0.0
     settle_time: float = 0.0  # when the inputs that count were final: latency counts from here
     reduce_deadline_time: float = 0.0
+    lag: LoopLag = field(default_factory=LoopLag)  # our own stalls while observing: no miner's doing
+    polled: dict[str, float] = field(default_factory=dict)  # miner -> when its last listing of outputs started
+
+    def read_in_time(self, version: Version, skew: float) -> bool:
+        """Whether we had read ``version``'s header by the reduce deadline (plus ``skew``), not counting the time
+        our own loop was stalled since the last listing that did not show it: had we not stalled, we would have
+        listed and read it that much earlier at most. Our slowness is no miner's lateness."""
+        if version.read_at is None:
+            return False
+        return version.read_at - self.own_stall(version) <= self.reduce_deadline_time + skew
+
+    def own_stall(self, version: Version) -> float:
+        return self.lag.within(version.unseen_at, version.read_at or version.unseen_at)
 
     def latest(self, slot: tuple[str, int]) -> tuple[str, float] | None:
         """(etag, first seen) of the newest version seen before the deadline, or None."""
@@ -331,8 +346,12 @@ class Validator:
     # -- 1. observe --------------------------------------------------------------------------------------------------
 
     async def observe(self, plan: Plan, watched: set[tuple[str, int]] | None = None) -> Observation:
-        phases = self.net.phases(plan.window)
         obs = Observation(watched=watched)
+        with obs.lag:
+            return await self._observe(plan, obs)
+
+    async def _observe(self, plan: Plan, obs: Observation) -> Observation:
+        phases = self.net.phases(plan.window)
         directory = await self.net.directory(plan.window)
         miners = [m for m in plan.miners if directory.accepts(m)]  # our own lists exclude the rest: not judged
         # Our evidence of what was on time: each miner's inputs listed just before the upload deadline, by our own
@@ -450,9 +469,10 @@ class Validator:
             slot = (miner, k.segment)
             versions = obs.versions.setdefault(slot, {})
             if info.etag not in versions:
-                version = versions[info.etag] = Version(now, info)
+                version = versions[info.etag] = Version(now, info, unseen_at=obs.polled.get(miner, obs.settle_time))
                 if headers is not None and (obs.watched is None or slot in obs.watched):
                     headers.append(asyncio.create_task(self._read_version(plan, bucket, info, version)))
+        obs.polled[miner] = now
         return True
 
     async def _read_version(self, plan: Plan, bucket: Bucket, info: ObjectInfo, version: Version) -> None:
@@ -662,13 +682,13 @@ class Validator:
         version = seen[info.etag]
         if version.valid is False:
             raise Wrong(f"the output seen before the deadline is not a valid output of this miner: {version.why}")
-        if version.root is None or version.read_at is None \
-                or version.read_at > obs.reduce_deadline_time + self.net.spec.windows.clock_skew_seconds:
+        if version.root is None or not obs.read_in_time(version, self.net.spec.windows.clock_skew_seconds):
             # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
             # endpoint can list what does not exist yet, hold our reads, and write it once the checks are known).
-            raise Late("its output could not be read before the reduce deadline"
-                       + (f" (read {version.read_at - obs.reduce_deadline_time:.1f}s after it)" if version.read_at
-                          else ""))
+            after = "" if version.read_at is None else (
+                f" (read {version.read_at - obs.reduce_deadline_time:.2f}s after it, of which "
+                f"{obs.own_stall(version):.2f}s our own stall)")
+            raise Late("its output could not be read before the reduce deadline" + after)
         return version
 
     async def _settle_expected(self, plan: Plan, seg: Segment, bucket, listed: dict[str, str],
