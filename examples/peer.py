@@ -27,6 +27,7 @@ from dotenv import load_dotenv
 from torch import nn
 
 from mapreduce import Network, NotAParticipant, Peer, RunSpec, Signer, StorePool
+from mapreduce.ops.flags import add_env_file_flag, env_file
 from storage import S3Config, StorageError
 
 
@@ -70,7 +71,7 @@ def open_chain(args: argparse.Namespace):
 async def train(args: argparse.Namespace) -> int:
     from bittensor_wallet import Wallet
 
-    load_dotenv(args.env_file, override=False)  # MR_S3_* (our account) and MR_PUBLIC_* (the keys others read with)
+    load_dotenv(env_file(args), override=False)  # MR_S3_* (our account) and MR_PUBLIC_* (the keys others read with)
     spec = RunSpec.load(args.spec)
     wallet = Wallet(name=args.wallet_name, hotkey=args.wallet_hotkey, path=args.wallet_path)
     pool = StorePool(S3Config.from_env())
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--subtensor.network", dest="subtensor_network", default="finney")
     tr.add_argument("--chain.local", dest="chain_local", default=None, metavar="PATH",
                     help="a local chain file instead of a Bittensor network")
-    tr.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+    add_env_file_flag(tr)
     tr.add_argument("--steps", type=int, default=10, help="training steps, one window each (default: 10)")
     tr.add_argument("--lr", type=float, default=0.01)
     args = ap.parse_args(argv)

@@ -197,7 +197,8 @@ class RetryConfig:
     jitter: bool = field(default=True, metadata={
         "help": "wait a uniform random fraction of each delay (full jitter), so clients do not retry in step"})
     total_budget: float = field(default=120.0, metadata={
-        "help": "seconds after the first attempt from which no retry starts"})
+        "help": "seconds after the first attempt from which no retry starts; whichever of this and max_attempts "
+                "comes first ends the retries (with the default delays, 8 attempts wait at most 22.6 s in all)"})
     seed: int | None = field(default=None, compare=False, metadata={
         "help": "seed of the jitter's random numbers: not part of the policy, only of its reproducibility in tests"})
 

@@ -35,7 +35,7 @@ from ..spec import RunSpec
 from ..validator import ValidatorConfig
 from ..wire.signing import Signer
 from .advice import describe
-from .flags import add_dataclass_flags, dataclass_from_args, given
+from .flags import add_dataclass_flags, add_env_file_flag, dataclass_from_args, env_file, given
 from .progress import TransferProgress
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def build_parser(role: str) -> argparse.ArgumentParser:
                                        "(see .env.example).")
     p.add_argument("--bucket", required=True, help="this process's S3 bucket (created if missing, published on chain)")
     p.add_argument("--spec", required=True, help="path of the run spec JSON every participant of the run shares")
-    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+    add_env_file_flag(p)
     p.add_argument("--chain.local", dest="chain.local", default=None, metavar="PATH",
                    help="use the embedded local chain in this SQLite file instead of subtensor (local swarm)")
     p.add_argument("--windows", type=int, default=0, help="stop after this many windows (default: run forever)")
@@ -180,8 +180,8 @@ def build_network(args: argparse.Namespace) -> tuple[Network, Wallet, S3Config]:
     except ValueError as e:
         raise SetupError(f"--whitelist.hotkeys/--blacklist.hotkeys/--validators.min_stake: {e}") from None
     wallet, signer = load_wallet(args)
-    s3 = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
-    load_dotenv(args.env_file, override=False)  # MR_PUBLIC_* too; the process environment still wins
+    s3 = S3Config.from_env(env_file=env_file(args))  # ./.env is skipped when absent
+    load_dotenv(env_file(args), override=False)  # MR_PUBLIC_* too; the process environment still wins
     chain = open_chain(args)
     net = Network(spec, chain, signer, StorePool(s3, *storage_knobs(args)), admission=admission,
                   chain_signer=wallet)
@@ -207,6 +207,11 @@ async def _serve(role: str, args: argparse.Namespace, config: MinerConfig | Vali
     try:
         directory_role = "miner" if role == "miner" else "validator"
         location = published_location(directory_role, args.bucket, s3)
+        # Before anything is created or committed: an unregistered hotkey would leave a bucket behind for nothing.
+        if net.hotkey not in {n.hotkey for n in await asyncio.to_thread(net.chain.neurons)}:
+            log.error("hotkey %s is not registered on netuid %s: register it (btcli subnet register), then start "
+                      "again; nothing was created", net.hotkey, getattr(net.chain, "netuid", "?"))
+            return 2
         store = await net.pool.own_store()  # our bucket: our account's keys
         await store.create_bucket(args.bucket)
         await net.commit(location)

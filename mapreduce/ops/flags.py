@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -193,3 +194,26 @@ def _argument(kind: Any) -> dict[str, Any]:
         return None if text.lower() == "none" else one(text)
     maybe.__name__ = one.__name__ if hasattr(one, "__name__") else "value"
     return {"type": maybe, **extra}
+
+
+# -- the env file ---------------------------------------------------------------------------------------------------
+
+def _existing_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"no such file: {path!r} (leave --env-file off to read ./.env if there "
+                                         "is one, or the environment alone)")
+    return path
+
+
+def add_env_file_flag(parser: argparse.ArgumentParser) -> None:
+    """``--env-file PATH``: a file named on the command line must exist (a typo is an error, not silently skipped);
+    left off, ``./.env`` is read if there is one. Read it with :func:`env_file`."""
+    parser.add_argument("--env-file", type=_existing_file, default=None, metavar="PATH",
+                        help="file of MR_S3_* and MR_PUBLIC_* variables (dotenv syntax; see .env.example), which "
+                             "must exist; default: .env in the working directory, if there is one. Variables "
+                             "already in the environment win")
+
+
+def env_file(args: argparse.Namespace) -> str:
+    """The env file to read: the one named on the command line, else ``.env`` (skipped by readers when absent)."""
+    return args.env_file or ".env"

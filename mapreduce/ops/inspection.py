@@ -31,6 +31,7 @@ from ..wire.expect import (copy_expect, evidence_expect, input_expect, output_ex
                            report_expect)
 from ..wire.keys import ObjectKey, tag_valid
 from ..wire.records import UploadRecord, decode_report
+from .flags import add_env_file_flag, env_file
 
 _PLACEHOLDER_HOTKEY = "5" + "1" * 47  # a well-formed ss58 string nobody owns
 # Without a run spec, an object may be as large as this before it is refused unread.
@@ -167,7 +168,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", default=None, help="the run spec JSON: check tensors and the value bound against it")
     p.add_argument("--owner", default=None, metavar="HOTKEY",
                    help="the hotkey owning the bucket the object is in: check the key's tag (inputs, broadcasts)")
-    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+    add_env_file_flag(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -179,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     try:
         # Only a bound on memory: the role's own cap (from the spec) is checked with everything else.
-        data, key = asyncio.run(_read(args.target, args.env_file, DEFAULT_CAP))
+        data, key = asyncio.run(_read(args.target, env_file(args), DEFAULT_CAP))
         print(f"object    {args.target}")
         ok, lines = inspect_bytes(data, key, spec, args.owner)
     except (StorageError, InvalidObject, OSError) as e:  # OSError: a local file that cannot be read

@@ -29,6 +29,7 @@ from storage import ObjectStore, S3Config, StorageError
 from ..errors import InvalidObject, ProtocolError
 from ..wire import keys
 from ..wire.names import check_bucket, check_run_id
+from .flags import add_env_file_flag, env_file
 from .progress import bar
 
 MiB = 2**20
@@ -186,7 +187,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "block into the current window")
     p.add_argument("--delete", action="store_true",
                    help="really delete (default: a dry run that prints what would be deleted)")
-    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+    add_env_file_flag(p)
     p.add_argument("--chain.local", dest="chain.local", default=None, metavar="PATH",
                    help="read the block from the embedded local chain in this SQLite file instead of subtensor")
     SubtensorChain.add_args(p)
@@ -218,7 +219,7 @@ def current_block(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, run_id: str, block: int, current_window: int) -> int:
-    cfg = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
+    cfg = S3Config.from_env(env_file=env_file(args))  # ./.env is skipped when absent
     async with ObjectStore(cfg) as store:
         plan = await plan_prune(store, args.bucket, run_id, args.keep_windows, current_window)
         print(f"chain at block {block}: window {current_window} of run {run_id}")

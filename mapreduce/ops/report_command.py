@@ -11,6 +11,7 @@ from storage import ObjectStore, S3Config, StorageError
 from ..errors import ProtocolError
 from ..wire.names import check_bucket
 from .advice import describe
+from .flags import add_env_file_flag, env_file
 from .plots import render_report
 from .reports import ReportError, ReportSet, load_reports
 
@@ -23,11 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--last", type=int, default=None, metavar="N", help="only the last N windows")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for the PNG files (default: reports/<run>)")
-    p.add_argument("--env-file", default=".env", help="file of MR_S3_* variables (default: .env, if present)")
+    add_env_file_flag(p)
 
 
 async def _run(args: argparse.Namespace) -> ReportSet:
-    cfg = S3Config.from_env(env_file=args.env_file)  # a missing file is skipped
+    cfg = S3Config.from_env(env_file=env_file(args))  # ./.env is skipped when absent
     async with ObjectStore(cfg) as store:
         return await load_reports(store, args.bucket, args.run, args.validator, args.last)
 

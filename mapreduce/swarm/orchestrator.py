@@ -142,7 +142,7 @@ class Swarm:
                "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_path()}
         common = ["--spec", str(self.dir / "spec.json"), "--chain.local", str(self.dir / "chain.sqlite"),
                   "--netuid", "1", "--wallet.path", str(self.dir / "wallets"), "--wallet.hotkey", "default",
-                  "--env-file", str(self.dir / "no.env"), "--s3.connect_timeout", "1",
+                  "--s3.connect_timeout", "1",
                   "--s3.read_timeout", str(self.cfg.s3_read_timeout),
                   "--s3.retry_budget", str(self.cfg.s3_retry_budget)]
         for i, m in enumerate(self.ids["miners"]):
