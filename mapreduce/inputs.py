@@ -45,7 +45,8 @@ class InputRef:
 
 
 def counted(groups: dict[tuple[int, str], list[tuple[ObjectKey, ObjectInfo]]], deadline: float, skew: float,
-            rejected: Counter, present: frozenset[str] = frozenset()) -> dict[tuple[int, str], ObjectInfo]:
+            rejected: Counter, present: frozenset[str] = frozenset(), quiet: bool = False
+            ) -> dict[tuple[int, str], ObjectInfo]:
     """``(segment, peer) -> the input that counts``, from :func:`mapreduce.listing.genuine`'s candidates.
 
     An input counts if it is on time: stamped by the bucket's server no later than the upload deadline plus the
@@ -54,6 +55,7 @@ def counted(groups: dict[tuple[int, str], list[tuple[ObjectKey, ObjectInfo]]], d
     about time). A stamp from the future (:func:`~mapreduce.windows.from_the_future`) proves only that the
     server lies: it cannot make an input late. A peer with several such keys (it wrote twice) counts once, by its
     first key in key order, the same for everyone. Miners, validators and peers all decide with this one function.
+    ``quiet``: log nothing (a provisional listing, listed again later: one line per fact, from the final one).
     """
     out = {}
     now = time.time()
@@ -64,24 +66,27 @@ def counted(groups: dict[tuple[int, str], list[tuple[ObjectKey, ObjectInfo]]], d
         if not on_time_keys:
             late_by = min(info.last_modified.timestamp() for _, info in candidates) - deadline
             rejected[Late.reason] += 1
-            log.info("window input of %s for segment %d not counted (late): written %.1fs after the upload deadline",
-                     peer[:10], segment, late_by)
+            if not quiet:
+                log.info("window input of %s for segment %d not counted (late): written %.1fs after the upload "
+                         "deadline", peer[:10], segment, late_by)
             continue
         out[(segment, peer)] = on_time_keys[0][1]
     return out
 
 
 async def list_inputs(net: Network, window: int, seg: Segment, bucket: Bucket, deadline: float,
-                      rejected: Counter, present: frozenset[str] = frozenset()) -> list[InputRef]:
+                      rejected: Counter, present: frozenset[str] = frozenset(), quiet: bool = False
+                      ) -> list[InputRef]:
     """The inputs of ``seg`` in ``bucket`` that count (:func:`counted`), sorted by peer hotkey: one per peer of the
-    window, under a key that peer really wrote for this bucket (:func:`mapreduce.listing.genuine`)."""
+    window, under a key that peer really wrote for this bucket (:func:`mapreduce.listing.genuine`). ``quiet``: a
+    provisional listing, which logs nothing."""
     directory = await net.directory(window)
     run = net.spec.run_id
     prefix = keys.segment_prefix(run, window, seg.index, "in")
     listing = await list_capped(bucket, prefix, expected=len(directory.peers), writers=directory.peers)
     groups = genuine(listing, run, window, "in", bucket.owner, lambda h: directory.exclusion(h, "peer"), rejected,
                      segment=seg.index)
-    chosen = counted(groups, deadline, net.spec.windows.clock_skew_seconds, rejected, present)
+    chosen = counted(groups, deadline, net.spec.windows.clock_skew_seconds, rejected, present, quiet)
     return [InputRef(peer, info.key, info) for (_, peer), info in sorted(chosen.items())]
 
 
@@ -150,7 +155,8 @@ async def reduce_segment(net: Network, window: int, seg: Segment, bucket: Bucket
     if settle_at is None or time.time() >= settle_at:
         return await _reduce_listed(net, window, seg, bucket, await list_inputs(net, window, seg, bucket, deadline,
                                                                                 rejected), rejected, lookahead, salt)
-    early = await list_inputs(net, window, seg, bucket, deadline, Counter())  # the final listing counts rejections
+    # Provisional: the final listing counts and logs the rejections.
+    early = await list_inputs(net, window, seg, bucket, deadline, Counter(), quiet=True)
     fetch_rejected: Counter = Counter()
     acc = await _reduce_listed(net, window, seg, bucket, early, fetch_rejected, lookahead, salt)
     await asyncio.sleep(max(0.0, settle_at - time.time()))

@@ -46,3 +46,23 @@ async def test_input_appearing_before_settle_is_counted(cluster_factory, straggl
         expected.add(s.hotkey, "", values[s.hotkey])
     assert torch.equal(acc.mean(torch.float32), expected.mean(torch.float32))
     assert not rejected
+
+
+async def test_a_late_input_is_one_log_line_and_one_count(cluster_factory, caplog) -> None:
+    """The early listing is provisional: only the final one counts and logs what it refuses (one line per fact)."""
+    c = await cluster_factory(peers=2, miners=1, numel=40_000, segments=1, redundancy=1, store="memory")
+    for i in range(2):
+        await c.join("peers", i)
+    net = await c.join("miners", 0)
+    window = 5
+    bucket = await net.bucket(window, net.hotkey)
+    for s in c.signers["peers"]:
+        await plant_input(bucket, c.spec.run_id, window, 0, s, torch.randn(c.spec.numel))
+    rejected: Counter = Counter()
+    with caplog.at_level("INFO", logger="mapreduce.inputs"):
+        acc = await reduce_segment(net, window, Segment(0, 0, c.spec.numel), bucket, time.time() - 30, rejected,
+                                   settle_at=time.time() + 0.3)
+    assert acc.hotkeys == []
+    assert rejected == Counter(late=2)
+    lines = [r.getMessage() for r in caplog.records if "not counted (late)" in r.getMessage()]
+    assert len(lines) == 2, lines
