@@ -19,12 +19,25 @@ from .reports import ReportSet
 FAILED_STATUSES = ("missing", "late", "invalid", "wrong")
 
 
-def short_names(hotkeys: Iterable[str], length: int = 8) -> dict[str, str]:
-    """The shortest prefixes (at least ``length`` characters) that still tell the hotkeys apart."""
+def short_names(hotkeys: Iterable[str], length: int = 8, labels: dict[str, str] | None = None) -> dict[str, str]:
+    """The shortest prefixes (at least ``length`` characters) that still tell the hotkeys apart; a hotkey in
+    ``labels`` is shown as its label, then its prefix ("m0 5Fhx3kQ2")."""
     keys = sorted(set(hotkeys))
     while length < 48 and len({k[:length] for k in keys}) < len(keys):
         length += 4
-    return {k: k[:length] for k in keys}
+    labels = labels or {}
+    return {k: f"{labels[k]} {k[:length]}" if k in labels else k[:length] for k in keys}
+
+
+def _label_order(names: dict[str, str], labels: dict[str, str]) -> list[str]:
+    """Hotkeys in the order a reader expects: labelled ones by label (m0, m1, ...), then the rest."""
+    return sorted(names, key=lambda k: (k not in labels, names[k]))
+
+
+def _windows_axis(ax, windows: Sequence[int]) -> None:
+    """The x axis spans exactly the windows shown, even when nothing was drawn."""
+    if windows:
+        ax.set_xlim(min(windows) - 0.5, max(windows) + 0.5)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -44,8 +57,8 @@ def scores_figure(rs: ReportSet) -> Figure:
     """Each miner's window score (solid) and smoothed score (dashed) over the windows."""
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
-    miners = sorted({m for r in rs.reports for m in (*r["scores"], *r["ema"])})
-    names = short_names(miners)
+    names = short_names({m for r in rs.reports for m in (*r["scores"], *r["ema"])}, labels=rs.labels)
+    miners = _label_order(names, rs.labels)
     for i, m in enumerate(miners):
         color = f"C{i % 10}"
         pts = [(r["window"], r["scores"][m]) for r in rs.reports if m in r["scores"]]
@@ -57,18 +70,22 @@ def scores_figure(rs: ReportSet) -> Figure:
     ax.set(xlabel="window", ylabel="score (dashed: EMA)", ylim=(-0.03, 1.05),
            title=f"miner scores by validator {rs.validator[:8]}, run {rs.run}")
     ax.grid(alpha=0.3)
+    _windows_axis(ax, rs.windows)
     _legend(ax, len(miners))
     return fig
 
 
 def latency_figure(rs: ReportSet) -> Figure:
-    """Seconds from the upload deadline until the validator saw each checked output, per miner; median line."""
+    """Seconds from the settle time until the validator saw each checked output, per miner; median line. Each
+    miner's dots are shifted sideways within the window's slot, so miners with equal latencies stay visible."""
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
-    miners = sorted({c["miner"] for r in rs.reports for c in r["checks"]})
-    names = short_names(miners)
+    names = short_names({c["miner"] for r in rs.reports for c in r["checks"]}, labels=rs.labels)
+    miners = _label_order(names, rs.labels)
+    width = 0.6 / max(1, len(miners))
     for i, m in enumerate(miners):
-        pts = [(r["window"], c["latency"]) for r in rs.reports for c in r["checks"]
+        shift = (i - (len(miners) - 1) / 2) * width
+        pts = [(r["window"] + shift, c["latency"]) for r in rs.reports for c in r["checks"]
                if c["miner"] == m and c.get("latency") is not None]
         if pts:
             ax.scatter(*zip(*pts), s=18, color=f"C{i % 10}", label=names[m])
@@ -76,9 +93,10 @@ def latency_figure(rs: ReportSet) -> Figure:
                if (lat := [c["latency"] for c in r["checks"] if c.get("latency") is not None])]
     if medians:
         ax.plot(*zip(*medians), color="black", linewidth=1, label="median")
-    ax.set(xlabel="window", ylabel="seconds after the upload deadline", title=f"output latency, run {rs.run}")
+    ax.set(xlabel="window", ylabel="seconds after the settle time", title=f"output latency, run {rs.run}")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
+    _windows_axis(ax, rs.windows)
     _legend(ax, len(miners) + bool(medians))
     return fig
 
@@ -94,6 +112,7 @@ def _stacked(ax, windows: Sequence[int], counts: list[Counter], title: str) -> N
         ax.text(0.5, 0.5, "none in these windows", transform=ax.transAxes, ha="center", va="center", color="gray")
     ax.set(title=title, ylabel="count")
     ax.grid(alpha=0.3, axis="y")
+    _windows_axis(ax, windows)
     _legend(ax, len(reasons))
 
 

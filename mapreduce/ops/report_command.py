@@ -22,22 +22,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validator", default=None, metavar="HOTKEY",
                    help="validator hotkey (needed only if several validators share the bucket)")
     p.add_argument("--last", type=int, default=None, metavar="N", help="only the last N windows")
+    p.add_argument("--windows", type=_window_range, default=None, metavar="FIRST:LAST",
+                   help="only windows FIRST to LAST (inclusive)")
+    p.add_argument("--label", action="append", default=[], metavar="HOTKEY=NAME",
+                   help="show miner HOTKEY as NAME in the plots (repeatable; default: a short hotkey prefix)")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for the PNG files (default: reports/<run>)")
     add_env_file_flag(p)
 
 
+def _window_range(text: str) -> range:
+    first, sep, last = text.partition(":")
+    if not (sep and first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise argparse.ArgumentTypeError(f"not FIRST:LAST (two window numbers, FIRST <= LAST): {text!r}")
+    return range(int(first), int(last) + 1)
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        hotkey, sep, name = pair.partition("=")
+        if not (sep and hotkey and name):
+            raise ReportError(f"--label {pair!r}: not HOTKEY=NAME")
+        labels[hotkey] = name
+    return labels
+
+
 async def _run(args: argparse.Namespace) -> ReportSet:
     cfg = S3Config.from_env(env_file=env_file(args))  # ./.env is skipped when absent
     async with ObjectStore(cfg) as store:
-        return await load_reports(store, args.bucket, args.run, args.validator, args.last)
+        return await load_reports(store, args.bucket, args.run, args.validator, args.last, windows=args.windows)
 
 
 def main(args: argparse.Namespace) -> int:
     """``python -m mapreduce report``: print what was found and where the PNG files are; 0 on success."""
     try:
         check_bucket(args.bucket)
+        labels = _labels(args.label)
         reports = asyncio.run(_run(args))
+        reports.labels = labels
     except (ReportError, ProtocolError) as e:
         print(f"error: {e}")
         return 1

@@ -38,6 +38,7 @@ class ReportSet:
     validator: str
     reports: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # keys whose report could not be read or parsed
+    labels: dict[str, str] = field(default_factory=dict)  # hotkey -> the name to show (default: a short prefix)
 
     @property
     def windows(self) -> list[int]:
@@ -74,11 +75,13 @@ def find_reports(listing: list[ObjectInfo], run: str | None = None,
 
 
 async def load_reports(store: ObjectStore, bucket: str, run: str | None = None, validator: str | None = None,
-                       last: int | None = None, concurrency: int = 16) -> ReportSet:
-    """Download and parse the chosen reports (the ``last`` windows only, if given)."""
+                       last: int | None = None, concurrency: int = 16, windows: range | None = None) -> ReportSet:
+    """Download and parse the chosen reports: those of ``windows`` if given, then the ``last`` of them."""
     prefix = f"{check_run_id(run)}/" if run else ""  # a run's objects all start with it (mapreduce/wire/keys.py)
     listing = await store.list(bucket, prefix)
     run, validator, infos = find_reports(listing, run, validator)
+    if windows is not None:
+        infos = [i for i in infos if keys.ObjectKey.parse(i.key).window in windows]
     if last:
         infos = infos[-last:]
     result = ReportSet(bucket, run, validator)

@@ -119,9 +119,9 @@ def test_report_command_says_what_is_wrong(embedded_s3, bucket, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
 
     def run(bucket_name: str) -> tuple[int, str]:
-        args = argparse.Namespace(bucket=bucket_name, run=None, validator=None, last=None, out=None,
-                                  env_file=".env")
-        code = report_command.main(args)
+        parser = argparse.ArgumentParser()
+        report_command.add_arguments(parser)
+        code = report_command.main(parser.parse_args(["--bucket", bucket_name]))
         return code, capsys.readouterr().out
 
     code, out = run(bucket)
@@ -150,3 +150,35 @@ def test_a_signed_report_with_malformed_rows_is_refused_not_plotted() -> None:
         with pytest.raises(InvalidObject) as e:
             parse_report(body(**fields), "run-x", 4, V1)
         assert e.value.reason == "malformed_report", fields
+
+
+def test_figures_name_miners_as_told_keep_them_apart_and_span_the_windows() -> None:
+    """Labels as in the swarm's table (m0, m1); equal latencies of two miners in one window stay two dots; an axis
+    spans the windows shown even with nothing drawn on it."""
+    rs = ReportSet("b", "run", V1, [parse_report(signed(report(w), "run"), "run", w, V1) for w in (20, 22)],
+                   labels={M2: "m0", M1: "m1"})
+    lines = [line.get_label() for line in scores_figure(rs).axes[0].get_lines()]
+    assert lines[0].startswith("m0 ") and lines[2].startswith("m1 ")  # score + EMA line per miner, m0 first
+
+    same = [parse_report(signed(report(w), "run"), "run", w, V1) for w in (20, 21)]
+    for r in same:
+        for c in r["checks"]:
+            c["latency"] = 1.0
+    ax = latency_figure(ReportSet("b", "run", V1, same)).axes[0]
+    xs = [tuple(x for x, _ in col.get_offsets()) for col in ax.collections]
+    assert len(xs) == 2 and not set(xs[0]) & set(xs[1]), xs  # M1's and M2's dots at 20 do not overlap
+
+    quiet = [parse_report(signed(WindowReport(w, V1, [], {}, {}), "run"), "run", w, V1) for w in (30, 31, 32)]
+    top, bottom = rejections_figure(ReportSet("b", "run", V1, quiet)).axes[:2]
+    assert top.get_xlim() == (29.5, 32.5) and bottom.get_xlim() == (29.5, 32.5)
+
+
+async def test_report_command_takes_a_window_range(embedded_s3, store, bucket, tmp_path) -> None:
+    for w in range(8, 13):
+        await store.put(bucket, str(keys.report_key("run-x", w, V1)), signed(report(w)))
+    out = mapreduce("report", "--bucket", bucket, "--windows", "9:11", "--label", f"{M1}=m0",
+                    "--out", str(tmp_path / "plots"), env=s3_env(embedded_s3), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"run run-x, validator {V1}: 3 windows (9..11)" in out.stdout
+    bad = mapreduce("report", "--bucket", bucket, "--windows", "11:9", env=s3_env(embedded_s3), cwd=tmp_path)
+    assert bad.returncode == 2 and "FIRST:LAST" in bad.stderr
