@@ -2,11 +2,12 @@
 
 A validator judges timing by when *it* saw something: an output counts only if the validator had read its header
 by the reduce deadline. When the validator's own event loop is starved (a busy host, a blocking call, the GIL held
-by another thread), an answer that reached its socket in time is only processed after the deadline, and an honest
-miner would pay for the validator's slowness. :class:`LoopLag` measures that slowness from inside: a task that
-asks to wake every ``tick`` seconds and records each wake-up that came late. A remote party cannot make those
-wake-ups late by holding an answer (a held request leaves the loop idle and the ticks on time), so subtracting the
-lag we measured from a time we observed never credits a party for stalling us.
+by another thread), it lists and asks late, and an honest miner would pay for the validator's slowness.
+:class:`LoopLag` measures that slowness from inside: a task that asks to wake every ``tick`` seconds and records
+each wake-up that came late. A remote party cannot make those wake-ups late by holding an answer (a held request
+leaves the loop idle and the ticks on time). The validator subtracts only stalls from before it sent a read
+(mapreduce/validator.py, ``Observation.read_in_time``): a stall while a read is in flight may hide when a held
+answer really arrived, so it credits nobody.
 """
 from __future__ import annotations
 

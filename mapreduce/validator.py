@@ -104,6 +104,7 @@ class Version:
     first_seen: float
     info: ObjectInfo | None = None
     unseen_at: float = 0.0  # when the last listing that did not show it started (our clock)
+    asked_at: float | None = None  # when we sent the header read that succeeded (our clock)
     valid: bool | None = None
     root: str | None = None
     mean: str | None = None
@@ -131,16 +132,16 @@ class Observation:
     lag: LoopLag = field(default_factory=LoopLag)  # our own stalls while observing: no miner's doing
     polled: dict[str, float] = field(default_factory=dict)  # miner -> when its last listing of outputs started
 
-    def read_in_time(self, version: Version, skew: float) -> bool:
-        """Whether we had read ``version``'s header by the reduce deadline (plus ``skew``), not counting the time
-        our own loop was stalled since the last listing that did not show it: had we not stalled, we would have
-        listed and read it that much earlier at most. Our slowness is no miner's lateness."""
-        if version.read_at is None:
-            return False
-        return version.read_at - self.own_stall(version) <= self.reduce_deadline_time + skew
-
-    def own_stall(self, version: Version) -> float:
-        return self.lag.within(version.unseen_at, version.read_at or version.unseen_at)
+    def own_stall(self, version: Version, skew: float) -> float:
+        """Seconds by which our own stalls may have made us read ``version`` late: those before we sent the read
+        (since the last listing that did not show it: we listed and asked late), and those after the deadline
+        while it was in flight (an answer may have sat unread). Stalls in flight before the deadline do not
+        count: had the answer come then, we would have read it when the stall ended, still in time."""
+        if version.read_at is None or version.asked_at is None:
+            return 0.0
+        deadline = self.reduce_deadline_time + skew
+        return (self.lag.within(version.unseen_at, version.asked_at)
+                + self.lag.within(max(version.asked_at, deadline), version.read_at))
 
     def latest(self, slot: tuple[str, int]) -> tuple[str, float] | None:
         """(etag, first seen) of the newest version seen before the deadline, or None."""
@@ -204,6 +205,12 @@ class WindowReport:
         for h in sorted(self.scores):
             lines.append(f"  score {h[:12]} window {self.scores[h]:.3f} ema {self.ema.get(h, 0):.3f}")
         return "\n".join(lines)
+
+
+class OwnStall(Exception):
+    """We read an output's header after the reduce deadline, but our own stalls may be why: no evidence either
+    way. The check is dropped, not scored: a starved validator blames no miner, and credits none either (a
+    miner's endpoint may also have held the read until it wrote the output late)."""
 
 
 class OtherReplicaFailed(Exception):
@@ -483,13 +490,14 @@ class Validator:
         deadline = self.net.phases(plan.window).reduce_deadline
         while True:  # until it is read, or the deadline passes: only a header read before the deadline counts
             reader = ReaderCache(self.net, bucket).reader(info, seg, lambda h: h == k.hotkey, expect)
+            asked = time.time()
             try:
                 header = await asyncio.wait_for(reader.open(), self.config.list_timeout)
                 inputs, mean = listed_inputs(header.meta), listed_mean(header.meta)
                 check_proof_shape(header.entries["proof"].shape, inputs)
                 version.root, version.mean = header.sha256, mean
                 version.inputs = tuple((h, s) for h, s, _ in inputs)
-                version.valid, version.read_at = True, time.time()
+                version.valid, version.read_at, version.asked_at = True, time.time(), asked
                 return
             except (InvalidObject, Wrong) as e:
                 version.valid, version.why = False, str(e)
@@ -550,6 +558,11 @@ class Validator:
                                                              stats, rng), self.config.check_timeout)
                 if check.status == "skip":
                     return None
+            except OwnStall as e:
+                rejected["unchecked_own_stall"] += 1
+                log.warning("window %d: no check of miner %s segment %d: %s (this machine is overloaded)",
+                            plan.window, miner[:10], seg.index, e)
+                return None
             except Wrong as e:
                 check.status, check.reason = "wrong", str(e)
             except NotFound as e:
@@ -682,12 +695,17 @@ class Validator:
         version = seen[info.etag]
         if version.valid is False:
             raise Wrong(f"the output seen before the deadline is not a valid output of this miner: {version.why}")
-        if version.root is None or not obs.read_in_time(version, self.net.spec.windows.clock_skew_seconds):
+        skew = self.net.spec.windows.clock_skew_seconds
+        if version.root is None or version.read_at is None or version.read_at > obs.reduce_deadline_time + skew:
             # Listed, but we could not read it before the deadline: a listing alone proves nothing (a miner's own
-            # endpoint can list what does not exist yet, hold our reads, and write it once the checks are known).
+            # endpoint can list what does not exist yet, hold our reads, and write it after the deadline).
+            own = obs.own_stall(version, skew)
+            if version.read_at is not None and version.read_at - own <= obs.reduce_deadline_time + skew:
+                raise OwnStall(f"read {version.read_at - obs.reduce_deadline_time:.2f}s after the reduce deadline, "
+                               f"{own:.2f}s of our own stalls before it")
             after = "" if version.read_at is None else (
-                f" (read {version.read_at - obs.reduce_deadline_time:.2f}s after it, of which "
-                f"{obs.own_stall(version):.2f}s our own stall)")
+                f" (read {version.read_at - obs.reduce_deadline_time:.2f}s after it, of which {own:.2f}s our own "
+                "stall)")
             raise Late("its output could not be read before the reduce deadline" + after)
         return version
 

@@ -153,7 +153,9 @@ class AdversarialMiner(Miner):
         return data
 
     async def _write_after_deadline(self, window: int, bucket: Bucket, key: str, data: bytes) -> None:
-        await self.net.wait_for_block(self.net.phases(window).reduce_deadline)  # its hash, the seed, now exists
+        # Two blocks after the deadline: later than a validator starved by the in-process roles could mistake for
+        # its own stall (it would drop the check, mapreduce/validator.py OwnStall, rather than score it 0).
+        await self.net.wait_for_block(self.net.phases(window).reduce_deadline + 2)
         await bucket.store.put(bucket.name, key, data)
         self.written_late[key] = time.time()
 
