@@ -17,6 +17,8 @@ from matplotlib.ticker import MaxNLocator
 from .reports import ReportSet
 
 FAILED_STATUSES = ("missing", "late", "invalid", "wrong")
+MARKERS = "osD^v<>ph*"
+
 
 
 def short_names(hotkeys: Iterable[str], length: int = 8, labels: dict[str, str] | None = None) -> dict[str, str]:
@@ -59,14 +61,17 @@ def scores_figure(rs: ReportSet) -> Figure:
     ax = fig.add_subplot()
     names = short_names({m for r in rs.reports for m in (*r["scores"], *r["ema"])}, labels=rs.labels)
     miners = _label_order(names, rs.labels)
+    # Honest miners often score alike: each next miner is drawn thinner, with a smaller hollow marker, on top of the
+    # one before, so coinciding lines stay visible as nested ones.
     for i, m in enumerate(miners):
-        color = f"C{i % 10}"
+        color, nested = f"C{i % 10}", 1 - 0.6 * i / max(1, len(miners) - 1)
         pts = [(r["window"], r["scores"][m]) for r in rs.reports if m in r["scores"]]
         ema = [(r["window"], r["ema"][m]) for r in rs.reports if m in r["ema"]]
         if pts:
-            ax.plot(*zip(*pts), marker="o", color=color, label=names[m])
+            ax.plot(*zip(*pts), marker=MARKERS[i % len(MARKERS)], markersize=4 + 8 * nested, markerfacecolor="none",
+                    linewidth=0.8 + 2.5 * nested, color=color, label=names[m])
         if ema:
-            ax.plot(*zip(*ema), linestyle="--", color=color, alpha=0.6)
+            ax.plot(*zip(*ema), linestyle="--", linewidth=0.8 + 2.5 * nested, color=color, alpha=0.7)
     ax.set(xlabel="window", ylabel="score (dashed: EMA)", ylim=(-0.03, 1.05),
            title=f"miner scores by validator {rs.validator[:8]}, run {rs.run}")
     ax.grid(alpha=0.3)
