@@ -61,6 +61,7 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
+            train_loss = loss.item()  # a plain number (float() of a tensor that requires grad warns)
             grads = {n: p.grad for n, p in model.named_parameters()}
             result = await peer.allreduce(grads, window=window)
             local = {n: g.clone() for n, g in grads.items()}
@@ -71,7 +72,7 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
                 eval_loss = float(loss_fn(model(held_out[0]), held_out[1]))
             safetensors.torch.save_file({"local": torch.cat([g.reshape(-1) for g in local.values()]),
                                          "averaged": result.flat.clone()}, out / f"w{window}.safetensors")
-            line = {"window": window, "train_loss": float(loss), "eval_loss": eval_loss,
+            line = {"window": window, "train_loss": train_loss, "eval_loss": eval_loss,
                     "seconds": result.seconds, "peers_included": result.peers_included,
                     "sources": [s.source for s in result.segments],
                     "included_self": all(s.included_self for s in result.segments),
@@ -79,7 +80,7 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
                     "bytes_down": result.bytes_downloaded, "time": time.time()}
             with open(out / "windows.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
-            log.info("peer %d window %d: loss %.4f eval %.4f, %d peers, %s", index, window, float(loss), eval_loss,
+            log.info("peer %d window %d: loss %.4f eval %.4f, %d peers, %s", index, window, train_loss, eval_loss,
                      result.peers_included, "all replicas" if not result.fallbacks else
                      f"{len(result.fallbacks)} fallbacks")
     finally:

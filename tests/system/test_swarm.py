@@ -40,3 +40,7 @@ def test_swarm_runs_trains_and_matches_the_reference(tmp_path) -> None:
     logs = {p.name for p in (tmp_path / "run" / "logs").iterdir()}
     assert {"miner-0.log", "miner-1.log", "miner-2.log", "validator-0.log", "peer-0.log"} <= logs
     assert (tmp_path / "run" / "validator-state.json").exists()
+    # One line per fact: no library warning in any role's log (a peer once warned every window).
+    for log in (tmp_path / "run" / "logs").iterdir():
+        text = log.read_text()
+        assert "Warning" not in text, f"{log.name}: {[line for line in text.splitlines() if 'Warning' in line][:3]}"
