@@ -30,19 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("miner", help="run a miner (flags: miner --help); the same as `python miner.py`")
     sub.add_parser("validator", help="run a validator (flags: validator --help); the same as `python validator.py`")
     sw = sub.add_parser("swarm", help="run the whole system locally: S3 server, chain, peers, miners, validator")
-    from .swarm.config import SwarmConfig
-    defaults = SwarmConfig()
-    sw.add_argument("--peers", type=int, default=defaults.peers)
-    sw.add_argument("--miners", type=int, default=defaults.miners)
-    sw.add_argument("--windows", type=int, default=defaults.windows)
-    sw.add_argument("--segments", type=int, default=defaults.segments)
-    sw.add_argument("--redundancy", type=int, default=defaults.redundancy)
-    sw.add_argument("--block-time", type=float, default=defaults.block_time, help="seconds per local block")
-    sw.add_argument("--wire-dtype", choices=["float32", "bfloat16"], default=defaults.wire_dtype)
-    sw.add_argument("--run-dir", type=Path, default=None, help="where the run writes (default runs/<run-id>)")
-    sw.add_argument("--faults", type=float, default=0.0, metavar="SHARE",
-                    help="inject S3 faults through a proxy: this share of requests answered 503, a fifth of it "
-                         "reset, a hundredth stalled 3 s (the soak: --windows 30 --faults 0.1)")
+    from .swarm.config import add_swarm_flags, swarm_config_from_args
+    add_swarm_flags(sw)
 
     sub.add_parser("peer", help="(used by the swarm) one training peer process (flags: peer --help)")
 
@@ -64,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return inspection.main(args)
     if args.command == "swarm":
         from .swarm.run import run_swarm
-        cfg = SwarmConfig(peers=args.peers, miners=args.miners, windows=args.windows, segments=args.segments,
-                          redundancy=args.redundancy, block_time=args.block_time, wire_dtype=args.wire_dtype,
-                          run_dir=args.run_dir, faults=args.faults)
-        return run_swarm(cfg)
+        return run_swarm(swarm_config_from_args(args))
     return 2
 
 

@@ -21,11 +21,16 @@ def metrics_urls(swarm: Swarm) -> str:
     return ", ".join(f"{name} http://{METRICS_HOST}:{port}/metrics" for name, port in swarm.metrics_ports.items())
 
 
-def report_command(swarm: Swarm, s3: EmbeddedS3) -> tuple[list[str], dict[str, str]]:
-    """The ``python -m mapreduce report`` command line (and its S3 variables) for the swarm's validator bucket."""
+def report_command(swarm: Swarm, s3: EmbeddedS3, first: int) -> tuple[list[str], dict[str, str]]:
+    """The ``python -m mapreduce report`` command line (and its S3 variables) for the swarm's validator bucket:
+    the windows of the table (not the idle ones before the peers started or after they stopped), the miners named
+    as in the table (m0, m1, ...)."""
     validator = swarm.ids["validators"][0]
     argv = ["-m", "mapreduce", "report", "--bucket", validator["bucket"], "--run", swarm.run_id,
-            "--validator", validator["hotkey"], "--last", str(swarm.cfg.windows), "--out", str(swarm.dir / "plots")]
+            "--validator", validator["hotkey"], "--windows", f"{first}:{first + swarm.cfg.windows - 1}",
+            "--out", str(swarm.dir / "plots")]
+    for i, miner in enumerate(swarm.ids["miners"]):
+        argv += ["--label", f"{miner['hotkey']}=m{i}"]
     return argv, s3.config().to_env()
 
 
@@ -34,8 +39,7 @@ def write_plots(swarm: Swarm, s3: EmbeddedS3, first: int) -> list[Path]:
     peers' loss curve; both into ``<run dir>/plots``."""
     from ..ops.plots import plot_loss  # matplotlib only when plotting: the swarm's peers import this package too
 
-    argv, env = report_command(swarm, s3)
-    # --last N: the reports of the swarm's N windows, not those of the idle windows before the peers started.
+    argv, env = report_command(swarm, s3, first)
     done = subprocess.run([sys.executable, *argv], cwd=swarm.dir, env={**os.environ, **env, "PYTHONPATH": package_path()},
                           capture_output=True, text=True, timeout=120)
     shown = f"MR_S3_ENDPOINT_URL={s3.endpoint_url} MR_S3_ADDRESSING_STYLE=path python {' '.join(argv)}"  # no keys

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -73,7 +74,8 @@ class Proc:
 
 class Swarm:
     def __init__(self, cfg: SwarmConfig):
-        self.cfg = cfg
+        self.auto_block_time = cfg.block_time is None
+        self.cfg = cfg.with_block_time(os.cpu_count() or 1)
         self.run_id = f"swarm-{int(time.time())}"
         self.dir = Path(cfg.run_dir or Path.cwd() / "runs" / self.run_id).resolve()
         self.procs: list[Proc] = []
@@ -175,14 +177,27 @@ class Swarm:
                 tail = p.log.read_text()[-2000:]
                 raise RuntimeError(f"{p.name} exited with {p.popen.returncode}:\n{tail}")
 
-    def wait_done(self, s3: EmbeddedS3, first: int, timeout: float) -> dict[int, dict]:
-        """Wait for the peers to finish and the validator's report of the last window; return the reports."""
+    def wait_done(self, s3: EmbeddedS3, first: int, timeout: float,
+                  on_window: Callable[[int, dict], None] | None = None) -> dict[int, dict]:
+        """Wait for the peers to finish and the validator's report of the last window; return the reports.
+        ``on_window(w, report)`` is called once per window, in order, as soon as every peer finished it and the
+        validator's report of it is in (or, at the end, for a window that never got both)."""
         deadline = time.monotonic() + timeout
         last = first + self.cfg.windows - 1
         client = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id="testing",
                               aws_secret_access_key="testing", region_name="us-east-1")
         v = self.ids["validators"][0]
         reports: dict[int, dict] = {}
+        closed = first  # the next window to hand to on_window
+
+        def close_windows(final: bool) -> None:
+            nonlocal closed
+            peer_windows = self.peer_windows()
+            while closed <= last and (final or (closed in reports
+                                                and len(peer_windows.get(closed, [])) == self.cfg.peers)):
+                if on_window is not None:
+                    on_window(closed, reports.get(closed, {}))
+                closed += 1
         while time.monotonic() < deadline:
             self._check_alive()
             peers_done = all(p.popen.poll() is not None for p in self.procs if p.name.startswith("peer"))
@@ -194,7 +209,9 @@ class Swarm:
                     except client.exceptions.NoSuchKey:
                         continue
                     reports[w] = decode_report(data, self.run_id, w, v["hotkey"])  # signed by the validator
+            close_windows(final=False)
             if peers_done and last in reports:
+                close_windows(final=True)
                 return reports
             time.sleep(0.5)
         raise RuntimeError(f"swarm did not finish within {timeout:.0f}s; see {self.dir / 'logs'}")

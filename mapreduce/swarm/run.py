@@ -1,6 +1,7 @@
-"""``python -m mapreduce swarm``: run the local swarm, print a table per window, check the results."""
+"""``python -m mapreduce swarm``: run the local swarm, print a row per window as it closes, check the results."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -15,10 +16,15 @@ def run_swarm(cfg: SwarmConfig) -> int:
     """Run it; return the process exit code (0 when every check passed)."""
     started = time.monotonic()
     swarm = Swarm(cfg)
+    cfg = swarm.cfg  # with its block time
     spec = swarm.prepare()
+    table = WindowTable(swarm)
     print(f"run {swarm.run_id}: {cfg.peers} peers, {cfg.miners} miners, 1 validator, {cfg.windows} windows; "
           f"{spec.numel:,} parameters in {spec.segments} segments, redundancy {spec.redundancy}, "
           f"{spec.wire_dtype} on the wire; block {cfg.block_time}s, window {cfg.blocks_per_window} blocks")
+    if swarm.auto_block_time and cfg.block_time > 1.0:
+        print(f"block time {cfg.block_time}s: {cfg.processes} processes on {os.cpu_count()} cores "
+              "(--block-time sets it)")
     print(f"logs and data: {swarm.dir}")
     with EmbeddedS3() as s3, FaultProxy(s3.endpoint_url, fault_plan(cfg.faults)) as proxy:
         chain = LocalChain.open(swarm.dir / "chain.sqlite")
@@ -30,7 +36,8 @@ def run_swarm(cfg: SwarmConfig) -> int:
             print(f"metrics: {metrics_urls(swarm)}")
             first = swarm.wait_ready(chain)
             timeout = cfg.timeout or 120 + 2 * cfg.windows * cfg.blocks_per_window * cfg.block_time
-            reports = swarm.wait_done(s3, first, timeout)
+            table.header()
+            swarm.wait_done(s3, first, timeout, on_window=table.row)
         except RuntimeError as e:
             print(f"FAILED: {e}")
             return 2
@@ -38,7 +45,7 @@ def run_swarm(cfg: SwarmConfig) -> int:
             swarm.stop()
         plots = plots_line(swarm, s3, first)  # while the S3 server is up: it reads the validator's bucket
         injected = dict(proxy.counts)
-    code = summarize(swarm, first, reports, time.monotonic() - started)
+    code = table.finish(time.monotonic() - started)
     if cfg.faults:
         print(f"injected: {injected.get('error', 0)} x 503, "
               f"{injected.get('reset_before', 0) + injected.get('reset_mid', 0)} resets, "
@@ -53,26 +60,48 @@ def fault_plan(share: float) -> FaultPlan:
     return FaultPlan(error_rate=share, reset_rate=share / 5, stall_rate=share / 100, stall_seconds=3.0, seed=None)
 
 
-def summarize(swarm: Swarm, first: int, reports: dict[int, dict], seconds: float) -> int:
-    cfg = swarm.cfg
-    peer_windows = swarm.peer_windows()
-    miners = [m["hotkey"] for m in swarm.ids["miners"]]
-    failures: list[str] = []
-    notes: list[str] = []  # with faults injected, fallbacks and late outputs are expected: reported, not failures
-    tolerated = notes if cfg.faults else failures
-    lost: list[int] = []  # windows in which some honest peer did not get the exact full average
-    header = (f"{'window':>6} {'peers':>5} {'reduced':>7} {'checked':>7} {'fallbacks':>9} {'latency':>8} "
-              f"{'peer s':>6} {'loss':>7} {'eval':>7} {'max |diff|':>10} {'match':>5}  validator scores (window/ema)")
-    print(header)
-    print("-" * len(header))
-    losses = []
-    for w in range(first, first + cfg.windows):
-        rows = peer_windows.get(w, [])
-        report = reports.get(w, {})
+LEGEND = """\
+  peers      fewest peers in any segment's average / peers (all of them: nobody was left out)
+  reduced    segments every peer took from a miner's output / segments (the rest were reduced by peers themselves)
+  checked    validator checks that passed / checks made; latency: their median seconds from the settle time
+             until the validator first saw the output
+  peer s     the slowest peer's seconds for its allreduce (upload, wait for the reduce phase, download)
+  max |diff| largest |peer average - exact mean of every peer's gradient|; bound: what fp32 accumulation allows;
+             match: max |diff| <= bound
+  scores     per miner, this window's score / its EMA (the weight it earns; it starts at 0 and climbs). An
+             honest miner scores 1.0 when its output appeared within 1 s of the settle time, less (down to
+             0.75) the later in the reduce phase it appeared: below 1.0 with every check ok means slow, not wrong"""
+
+
+class WindowTable:
+    """The swarm's table: one row per window, printed as the window closes; then the checks over all of them."""
+
+    def __init__(self, swarm: Swarm) -> None:
+        self.swarm = swarm
+        self.cfg = swarm.cfg
+        self.miners = [m["hotkey"] for m in swarm.ids["miners"]]
+        self.failures: list[str] = []
+        self.notes: list[str] = []  # with faults injected, fallbacks and late outputs are expected: not failures
+        self.lost: list[int] = []  # windows in which some honest peer did not get the exact full average
+        self.losses: list[float] = []
+        self.worst: list[float] = []
+
+    def header(self) -> None:
+        header = (f"{'window':>6} {'peers':>5} {'reduced':>7} {'checked':>7} {'fallbacks':>9} {'latency':>8} "
+                  f"{'peer s':>6} {'loss':>7} {'eval':>7} {'max |diff|':>10} {'bound':>8} {'match':>5}  "
+                  "scores (window/ema)")
+        print(LEGEND)
+        print(header)
+        print("-" * len(header), flush=True)
+
+    def row(self, w: int, report: dict) -> None:
+        cfg, tolerated = self.cfg, self.notes if self.cfg.faults else self.failures
+        rows = self.swarm.peer_windows().get(w, [])
         if len(rows) != cfg.peers:
-            failures.append(f"window {w}: {len(rows)}/{cfg.peers} peers finished it")
-            lost.append(w)
-            continue
+            self.failures.append(f"window {w}: {len(rows)}/{cfg.peers} peers finished it")
+            self.lost.append(w)
+            print(f"{w:>6} {len(rows):>2}/{cfg.peers:<2} peers finished it", flush=True)
+            return
         included = min(r["peers_included"] for r in rows)
         fallbacks = sum(s != "replica" for r in rows for s in r["sources"])
         checks = report.get("checks", [])
@@ -80,25 +109,25 @@ def summarize(swarm: Swarm, first: int, reports: dict[int, dict], seconds: float
         ok_checks = sum(c["status"] == "ok" for c in checks)
         latencies = [c["latency"] for c in checks if c.get("latency") is not None]
         latency = f"{statistics.median(latencies):.2f}s" if latencies else "-"
-        worst, tol = swarm.reference_check(w)
-        match = worst <= tol
+        worst, bound = self.swarm.reference_check(w)
+        self.worst.append(worst)
+        match = worst <= bound
         loss = statistics.mean(r["train_loss"] for r in rows)
         eval_loss = statistics.mean(r["eval_loss"] for r in rows)
-        losses.append(eval_loss)
+        self.losses.append(eval_loss)
         scores = " ".join(f"m{i}:{report.get('scores', {}).get(h, 0):.2f}/{report.get('ema', {}).get(h, 0):.2f}"
-                          for i, h in enumerate(miners))
+                          for i, h in enumerate(self.miners))
         print(f"{w:>6} {included:>2}/{cfg.peers:<2} {reduced:>3}/{cfg.segments:<3} {ok_checks:>3}/{len(checks):<3} "
-              f"{fallbacks:>9} "
-              f"{latency:>8} {max(r['seconds'] for r in rows):>6.2f} {loss:>7.4f} {eval_loss:>7.4f} "
-              f"{worst:>10.2e} {'yes' if match else 'NO':>5}  {scores}")
+              f"{fallbacks:>9} {latency:>8} {max(r['seconds'] for r in rows):>6.2f} {loss:>7.4f} {eval_loss:>7.4f} "
+              f"{worst:>10.2e} {bound:>8.1e} {'yes' if match else 'NO':>5}  {scores}", flush=True)
         if included != cfg.peers or not match:
-            lost.append(w)
+            self.lost.append(w)
         if included != cfg.peers:
-            failures.append(f"window {w}: only {included}/{cfg.peers} peers in some segment's average")
+            self.failures.append(f"window {w}: only {included}/{cfg.peers} peers in some segment's average")
         if fallbacks:
             tolerated.append(f"window {w}: {fallbacks} segment(s) fell back instead of using a miner's output")
         if not match:
-            failures.append(f"window {w}: averaged gradient off the reference mean by {worst:.3e} > {tol:.3e}")
+            self.failures.append(f"window {w}: averaged gradient off the reference mean by {worst:.3e} > {bound:.3e}")
         if not report:
             tolerated.append(f"window {w}: no validator report")
         bad = [c for c in checks if c["status"] != "ok" or c["score"] <= 0]
@@ -106,23 +135,27 @@ def summarize(swarm: Swarm, first: int, reports: dict[int, dict], seconds: float
             tolerated.append(f"window {w}: validator found {len(bad)} bad output(s): "
                              + "; ".join(f"{c['miner'][:8]} s{c['segment']} {c['status']} {c['reason']}"
                                          for c in bad))
-    print()
-    if losses:
-        went_down = losses[-1] < losses[0]
-        print(f"eval loss {losses[0]:.4f} -> {losses[-1]:.4f}: {'went down' if went_down else 'DID NOT go down'}")
-        if not went_down:
-            failures.append("eval loss did not go down")
-    worst_all = max((swarm.reference_check(w)[0] for w in range(first, first + cfg.windows)
-                     if len(peer_windows.get(w, [])) == cfg.peers), default=float("nan"))
-    print(f"largest |averaged - reference mean| over all peers and windows: {worst_all:.3e}")
-    print(f"lost windows for honest peers: {len(lost)} of {cfg.windows}" + (f" ({lost})" if lost else ""))
-    for n in notes:
-        print(f"  note: {n}")
-    print(f"finished in {seconds:.1f}s")
-    if failures:
-        print("CHECKS FAILED:")
-        for f in failures:
-            print(f"  - {f}")
-        return 1
-    print("all checks passed")
-    return 0
+
+    def finish(self, seconds: float) -> int:
+        """Print the checks over every window; the exit code (0 when all passed)."""
+        print()
+        if self.losses:
+            went_down = self.losses[-1] < self.losses[0]
+            print(f"eval loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}: "
+                  f"{'went down' if went_down else 'DID NOT go down'}")
+            if not went_down:
+                self.failures.append("eval loss did not go down")
+        print(f"largest |averaged - reference mean| over all peers and windows: "
+              f"{max(self.worst, default=float('nan')):.3e}")
+        print(f"lost windows for honest peers: {len(self.lost)} of {self.cfg.windows}"
+              + (f" ({self.lost})" if self.lost else ""))
+        for n in self.notes:
+            print(f"  note: {n}")
+        print(f"finished in {seconds:.1f}s")
+        if self.failures:
+            print("CHECKS FAILED:")
+            for f in self.failures:
+                print(f"  - {f}")
+            return 1
+        print("all checks passed")
+        return 0

@@ -236,3 +236,19 @@ def test_helper_makes_a_field_without_default_a_required_flag() -> None:
     assert "a count (required)" in p.format_help()
     with pytest.raises(SystemExit):
         p.parse_args([])
+
+
+def test_every_swarm_knob_is_a_flag_with_its_meaning_and_default() -> None:
+    from mapreduce.swarm.config import SwarmConfig, add_swarm_flags, auto_block_time, swarm_config_from_args
+    parser = argparse.ArgumentParser()
+    add_swarm_flags(parser)
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    for f in dataclasses.fields(SwarmConfig):
+        if f.name == "model":
+            continue
+        assert f"--{f.name.replace('_', '-')}" in actions[f.name].option_strings
+        assert "default" in actions[f.name].help, f"--{f.name}: {actions[f.name].help}"
+    cfg = swarm_config_from_args(parser.parse_args(["--peers", "8", "--wire-dtype", "bfloat16", "--run-dir", "x"]))
+    assert (cfg.peers, cfg.wire_dtype, str(cfg.run_dir), cfg.block_time) == (8, "bfloat16", "x", None)
+    assert auto_block_time(8, 2) == 1.0 and auto_block_time(13, 2) == 1.625 and auto_block_time(13, 8) == 1.0
+    assert cfg.with_block_time(2).block_time == 1.5  # 8 peers + 3 miners + 1 validator on 2 cores
