@@ -19,6 +19,7 @@ from mapreduce.wire.signing import Signer
 from mapreduce.validator import Validator, ValidatorConfig
 from tests.support.plant import plant_input
 from tests.support.cluster import peer_gradients
+from tests.support.tables import shorten
 
 from .adversaries import MINER_BEHAVIOURS, AdversarialMiner
 
@@ -66,9 +67,13 @@ async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, rel
     worst = max(float((r.flat.double() - mean).abs().max()) for r in results[:3])
     assert worst <= fp32_bound(grads), f"an honest peer's average was corrupted by {behaviour}: {worst}"
     used_cheat = sum(s.miner == cheat.net.hotkey for r in results[:3] for s in r.segments)
+    averages = sum(len(r.segments) for r in results[:3])
+    why = next(r for r in reasons if WHY[behaviour] in r)
     reliability("adversary miner", behaviour, "ranked below every honest miner; peers unaffected",
-                f"score {cheat_score:.3f} vs honest >= {min(honest_scores):.3f}; reason: {reasons[0][:70]}; "
-                f"peers used its output {used_cheat}x; max |avg - mean| {worst:.1e}")
+                f"score {cheat_score:.3f} vs honest >= {min(honest_scores):.3f}; reason: {shorten(why, 110)}; "
+                f"peers took its output for {used_cheat} of {averages} segment averages (each within the fp32 "
+                f"bound: max |avg - mean| {worst:.1e})")
+
 
 
 def _forge_signature(data: bytes) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.tables import shorten
+
 ROWS: list[tuple[str, str, str, str]] = []
 
 
@@ -23,4 +25,4 @@ def pytest_terminal_summary(terminalreporter) -> None:
     tr.write_line("| case | what the attacker did | what each role now does | reason counted |")
     tr.write_line("| --- | --- | --- | --- |")
     for case, attack, outcome, reason in sorted(ROWS):
-        tr.write_line(f"| {case} | {attack} | {outcome} | {reason} |")
+        tr.write_line(f"| {case} | {attack} | {outcome} | {shorten(reason)} |")
