@@ -156,6 +156,11 @@ class WindowTable:
             print("CHECKS FAILED:")
             for f in self.failures:
                 print(f"  - {f}")
+            if self.lost:
+                print(f"what to change: peers were left out of averages, which happens when processes miss their "
+                      f"phase on a busy machine; run with --block-time {1.5 * self.cfg.block_time:.2f} (now "
+                      f"{self.cfg.block_time}) or fewer --peers/--miners. The miners' logs say LATE when they "
+                      f"missed a reduce deadline: {self.swarm.dir / 'logs'}")
             return 1
         print("all checks passed")
         return 0
