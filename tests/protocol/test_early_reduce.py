@@ -15,15 +15,23 @@ from mapreduce.plan import Segment
 from mapreduce.reduce import Accumulator
 from tests.support.plant import plant_input
 
+WINDOW = 5
+
+
+async def one_miner(cluster_factory, peers: int):
+    """A cluster of ``peers`` peers and one miner holding the only segment; (cluster, miner's network, its bucket
+    for WINDOW)."""
+    c = await cluster_factory(peers=peers, miners=1, numel=40_000, segments=1, redundancy=1, store="memory")
+    for i in range(peers):
+        await c.join("peers", i)
+    net = await c.join("miners", 0)
+    return c, net, await net.bucket(WINDOW, net.hotkey)
+
 
 @pytest.mark.parametrize("straggler", ["first", "last"])
 async def test_input_appearing_before_settle_is_counted(cluster_factory, straggler: str) -> None:
-    c = await cluster_factory(peers=3, miners=1, numel=40_000, segments=1, redundancy=1, store="memory")
-    for i in range(3):
-        await c.join("peers", i)
-    net = await c.join("miners", 0)
-    window = 5
-    bucket = await net.bucket(window, net.hotkey)
+    c, net, bucket = await one_miner(cluster_factory, 3)
+    window = WINDOW
     seg = Segment(0, 0, c.spec.numel)
     by_hotkey = sorted(c.signers["peers"], key=lambda s: s.hotkey)
     late_one = by_hotkey[0] if straggler == "first" else by_hotkey[-1]
@@ -50,12 +58,8 @@ async def test_input_appearing_before_settle_is_counted(cluster_factory, straggl
 
 async def test_a_late_input_is_one_log_line_and_one_count(cluster_factory, caplog) -> None:
     """The early listing is provisional: only the final one counts and logs what it refuses (one line per fact)."""
-    c = await cluster_factory(peers=2, miners=1, numel=40_000, segments=1, redundancy=1, store="memory")
-    for i in range(2):
-        await c.join("peers", i)
-    net = await c.join("miners", 0)
-    window = 5
-    bucket = await net.bucket(window, net.hotkey)
+    c, net, bucket = await one_miner(cluster_factory, 2)
+    window = WINDOW
     for s in c.signers["peers"]:
         await plant_input(bucket, c.spec.run_id, window, 0, s, torch.randn(c.spec.numel))
     rejected: Counter = Counter()
