@@ -58,8 +58,9 @@ async def test_killed_miner_and_validator_carry_on(cluster_factory, embedded_s3,
     write_wallet(wallets, "validator0", f"//{c.spec.run_id}/validators/0")
     env = {**os.environ, **embedded_s3.config().to_env(), "PYTHONUNBUFFERED": "1",
            "MR_PUBLIC_ACCESS_KEY_ID": PUBLIC_KEYS[0], "MR_PUBLIC_SECRET_ACCESS_KEY": PUBLIC_KEYS[1]}
+    (tmp_path / "empty.env").write_text("")  # not the checkout's .env, if a developer has one
     common = ["--spec", str(spec_path), "--chain.local", str(c.chain.path), "--netuid", "1",
-              "--wallet.path", str(wallets), "--wallet.hotkey", "default", "--env-file", str(tmp_path / "none")]
+              "--wallet.path", str(wallets), "--wallet.hotkey", "default", "--env-file", str(tmp_path / "empty.env")]
     miners = [Process(["miner.py", "--bucket", c.bucket_of("miners", i), "--wallet.name", f"miner{i}", *common],
                       env, tmp_path / f"miner{i}.log") for i in range(2)]
     state = tmp_path / "validator-state.json"

@@ -89,8 +89,10 @@ def s3_vars(embedded_s3, monkeypatch) -> None:
 def command(bucket: str, keep: int, tmp_path, *extra: str, block: int | None = None) -> list[str]:
     """prune's arguments on the local chain at ``block`` (default: none created) with the spec of run "a"."""
     chain = chain_at_block(tmp_path / "chain.db", block) if block is not None else str(tmp_path / "chain.db")
+    empty = tmp_path / "empty.env"  # not the checkout's .env, if a developer has one: the environment alone
+    empty.write_text("")
     return ["--bucket", bucket, "--keep-windows", str(keep), "--spec", spec_file(tmp_path), "--chain.local", chain,
-            "--env-file", str(tmp_path / ".env"), *extra]
+            "--env-file", str(empty), *extra]
 
 
 # -- planning and deleting ---------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ def test_the_readme_peer_trains_with_another_against_the_local_swarm(tmp_path) -
     # The package is on PYTHONPATH as an installed package would be on sys.path; the working directory is not the
     # checkout, so nothing is found by accident.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    empty_env = tmp_path / "empty.env"  # S3 settings from the environment alone
+    empty_env.write_text("")
     spec_out = subprocess.run([sys.executable, str(EXAMPLE), "spec", "--run-id", "example-run", "--out", "run.json"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert spec_out.returncode == 0, spec_out.stderr[-2000:]
@@ -47,7 +49,7 @@ def test_the_readme_peer_trains_with_another_against_the_local_swarm(tmp_path) -
                     [sys.executable, str(EXAMPLE), "train", "--spec", str(swarm.dir / "spec.json"),
                      "--bucket", f"{swarm.run_id}-readme-peer-{i}", "--netuid", "1", "--wallet.name", f"peer{i}",
                      "--wallet.hotkey", "default", "--wallet.path", str(tmp_path / "wallets"),
-                     "--chain.local", str(swarm.dir / "chain.sqlite"), "--env-file", str(tmp_path / "none.env"),
+                     "--chain.local", str(swarm.dir / "chain.sqlite"), "--env-file", str(empty_env),
                      "--steps", "2"],
                     cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             outputs = [p.communicate(timeout=240) for p in procs]
