@@ -1,5 +1,5 @@
 """``python -m mapreduce <command>``: the roles (miner, validator), the local swarm and its trainer processes, and
-the ops commands (report, prune, inspect)."""
+the ops commands (report, prune, inspect, commitment)."""
 from __future__ import annotations
 
 import argparse
@@ -45,12 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     ins = sub.add_parser("inspect", help="read one protocol object (a file or s3://bucket/key), run every check, "
                                          "print its metadata and ok or the reason it is refused")
     inspection.add_arguments(ins)
+    from .ops import commitment_command
+    com = sub.add_parser("commitment", help="make (encode) or read (decode) the bucket commitment string that goes "
+                                            "on chain; checks the 128-byte limit")
+    commitment_command.add_arguments(com)
 
     args = parser.parse_args(argv)
     if args.command == "report":
         return report_command.main(args)
     if args.command == "inspect":
         return inspection.main(args)
+    if args.command == "commitment":
+        return commitment_command.main(args)
     if args.command == "swarm":
         from .swarm.run import run_swarm
         return run_swarm(swarm_config_from_args(args))

@@ -20,7 +20,7 @@ from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, Transfer
 
 from . import seeds
 from .chain.base import Chain
-from .directory import Admission, BucketLocation, Directory
+from .directory import LEGACY, Admission, BucketLocation, Directory
 from .errors import PhaseOver
 from .plan import Plan, Segment, make_plan
 from .spec import RunSpec
@@ -52,7 +52,7 @@ class StorePool:
         self._transfer = transfer or TransferConfig()
         self._retry = retry or RetryConfig()
         self._factory: StoreFactory = store_factory or ObjectStore
-        self._stores: dict[tuple[str | None, str | None, str | None], ObjectStore] = {}
+        self._stores: dict[tuple[str | None, str, str, str | None, str | None, bool], ObjectStore] = {}
         self.stats = stats if stats is not None else TransferStats()
         self._lock = asyncio.Lock()
 
@@ -70,14 +70,21 @@ class StorePool:
         return self._retry
 
     def config_for(self, loc: BucketLocation) -> S3Config:
-        """How to reach another party's bucket: its published endpoint (empty: our default endpoint) with its
-        published keys, or anonymously when it published none. Never with our account's keys."""
-        endpoint = loc.endpoint or self.default.endpoint_url
+        """How to reach another party's bucket: where its commitment's provider says (AWS: botocore's endpoint for
+        the committed region; R2: the account's endpoint, region auto; another S3: the committed endpoint, path
+        style if flagged; see :class:`BucketLocation`), with its published keys, or anonymously when it published
+        none. Never with our account's keys. Only an ``mr1`` location falls back on our own endpoint (when it has
+        none), region and addressing style, as that format meant."""
+        if loc.provider == LEGACY:
+            base = replace(self.default, endpoint_url=loc.endpoint or self.default.endpoint_url)
+        else:
+            # Nothing of ours: the same commitment must reach the same place from every reader.
+            base = replace(self.default, endpoint_url=loc.client_endpoint, region=loc.client_region,
+                           addressing_style=loc.addressing_style)
         if loc.access_key_id:
-            return replace(self.default, endpoint_url=endpoint, access_key_id=loc.access_key_id,
-                           secret_access_key=loc.secret_access_key, session_token=None, anonymous=False)
-        return replace(self.default, endpoint_url=endpoint, access_key_id=None, secret_access_key=None,
-                       session_token=None, anonymous=True)
+            return replace(base, access_key_id=loc.access_key_id, secret_access_key=loc.secret_access_key,
+                           session_token=None, anonymous=False)
+        return replace(base, access_key_id=None, secret_access_key=None, session_token=None, anonymous=True)
 
     async def own_store(self) -> ObjectStore:
         """The store for our own bucket: our endpoint, our account's keys."""
@@ -88,7 +95,9 @@ class StorePool:
         return await self._open(self.config_for(loc))
 
     async def _open(self, cfg: S3Config) -> ObjectStore:
-        ident = (cfg.endpoint_url, cfg.access_key_id, cfg.secret_access_key, cfg.anonymous)
+        # The region and addressing style too: two AWS buckets in different regions share endpoint_url None.
+        ident = (cfg.endpoint_url, cfg.region, cfg.addressing_style, cfg.access_key_id, cfg.secret_access_key,
+                 cfg.anonymous)
         async with self._lock:
             store = self._stores.get(ident)
             if store is None:

@@ -167,7 +167,9 @@ class Peer:
         """Create our bucket (with our account's keys) if needed and publish it on chain as a peer's (once per run;
         a no-op when the chain already holds it). ``location`` defaults to our bucket on the storage endpoint we
         use, with the read-only keys in ``MR_PUBLIC_*`` (none: others read it anonymously)."""
-        location = location or BucketLocation.published("peer", self.bucket, self.net.pool.default.endpoint_url)
+        own = self.net.pool.default
+        location = location or BucketLocation.published("peer", self.bucket, own.endpoint_url, own_region=own.region,
+                                                         own_addressing_style=own.addressing_style)
         store = await self.net.pool.own_store()
         await store.create_bucket(self.bucket)
         await self.net.commit(location)

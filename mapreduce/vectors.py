@@ -213,16 +213,28 @@ def deterministic(s: RunSpec | None = None) -> dict[str, Any]:
         },
     }
 
+    # Encoded (mr2) and decoded alike; the last ones are mr1 strings, still decoded (never written), with what
+    # they decode to. Fields of an mr2 entry construct its BucketLocation; "commitment" is its encoding.
+    account, r2_key, r2_secret = "0123456789abcdef" * 2, "fedcba9876543210" * 2, "00112233445566778899aabbccddeeff" * 2
     locations = [
         BucketLocation("miner", "vectors-miner-0", "http://203.0.113.7:9000", "mrminerpub0000001",
                        "0123456789abcdef0123456789abcdef"),
-        BucketLocation("peer", "vectors-peer-0"),
+        BucketLocation("peer", "vectors-peer-0", region="us-east-1"),
         BucketLocation("validator", "vectors-validator-0", "https://s3.example.org"),
-        BucketLocation("miner", "vectors-miner-1", "", "AKIAVECTORSEXAMPLE01", "x" * 40),
+        BucketLocation("miner", "vectors-miner-1", "", "AKIAVECTORSEXAMPLE01", "x" * 40, region="eu-central-1"),
+        BucketLocation("miner", "vectors-miner-2", f"https://{account}.r2.cloudflarestorage.com", r2_key, r2_secret),
+        BucketLocation("peer", "vectors-peer-1", f"https://{account}.eu.r2.cloudflarestorage.com"),
+        BucketLocation("miner", "vectors-miner-3", "http://203.0.113.7:9000", "mrminerpub0000001",
+                       "0123456789abcdef0123456789abcdef", path_style=True),
     ]
+    legacy = ["mr1|m|vectors-miner-0|http://203.0.113.7:9000|mrminerpub0000001|0123456789abcdef0123456789abcdef",
+              "mr1|p|vectors-peer-0|||"]
     commitments = [{"role": loc.role, "bucket": loc.bucket, "endpoint": loc.endpoint,
                     "access_key_id": loc.access_key_id, "secret_access_key": loc.secret_access_key,
-                    "commitment": loc.encode(), "bytes": len(loc.encode().encode())} for loc in locations]
+                    "provider": loc.provider, "region": loc.region, "path_style": loc.path_style,
+                    "commitment": text, "bytes": len(text.encode())}
+                   for loc, text in [*((loc, loc.encode()) for loc in locations),
+                                     *((BucketLocation.decode(text), text) for text in legacy)]]
     return {"spec.json": s.to_json(), "keys.json": key_list, "plan.json": plans, "hashtree.json": tree,
             "commitments.json": commitments}
 

@@ -127,8 +127,10 @@ def open_chain(args: argparse.Namespace) -> Chain:
 
 
 def published_location(role: str, bucket: str, s3: S3Config) -> BucketLocation:
-    """What goes on chain: our bucket, and the endpoint and scoped keys others use (MR_PUBLIC_*)."""
-    return BucketLocation.published(role, bucket, s3.endpoint_url)
+    """What goes on chain: our bucket, and the endpoint, region, addressing and scoped keys others use
+    (MR_PUBLIC_*, falling back on our own MR_S3_*)."""
+    return BucketLocation.published(role, bucket, s3.endpoint_url, own_region=s3.region,
+                                    own_addressing_style=s3.addressing_style)
 
 
 class SetupError(Exception):

@@ -303,7 +303,13 @@ def test_a_changed_byte_is_refused(spec: RunSpec, objs: dict[str, dict]) -> None
 # -- commitments --------------------------------------------------------------------------------------------------
 
 def test_commitments() -> None:
-    for c in load("commitments.json"):
-        loc = BucketLocation(c["role"], c["bucket"], c["endpoint"], c["access_key_id"], c["secret_access_key"])
-        assert loc.encode() == c["commitment"] and len(c["commitment"].encode()) == c["bytes"] <= 128
+    vectors = load("commitments.json")
+    for c in vectors:
+        loc = BucketLocation(c["role"], c["bucket"], c["endpoint"], c["access_key_id"], c["secret_access_key"],
+                             c["provider"], c["region"], c["path_style"])
+        assert len(c["commitment"].encode()) == c["bytes"] <= 128
         assert BucketLocation.decode(c["commitment"]) == loc
+        if c["provider"] != "mr1":  # mr1 is decoded only
+            assert loc.encode() == c["commitment"]
+    # One of each provider, and mr1, so that every reader of the format has a case to check.
+    assert {c["provider"] for c in vectors} == {"aws", "r2", "s3", "mr1"}
