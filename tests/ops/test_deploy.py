@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from mapreduce.ops import inspection, prune, report_command
+from mapreduce.ops import commitment_command, inspection, prune, report_command
 from mapreduce.ops.cli import build_parser, published_location
 from storage import S3Config
 
@@ -26,14 +26,25 @@ EXTERNAL_FLAGS = {"--user-name", "--lifecycle-configuration", "--region", "--pol
 
 def ops_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m mapreduce {command}")
-    {"report": report_command.add_arguments, "prune": prune.add_arguments, "inspect": inspection.add_arguments}[command](p)
+    {"report": report_command.add_arguments, "prune": prune.add_arguments, "inspect": inspection.add_arguments,
+     "commitment": commitment_command.add_arguments}[command](p)
     return p
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its subcommands (``commitment encode``)."""
+    out = set()
+    for action in parser._actions:
+        out |= set(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            out |= {s for sub in action.choices.values() for s in _flags(sub)}
+    return out
 
 
 def our_flags() -> set[str]:
     parsers = [build_parser("miner"), build_parser("validator"), ops_parser("report"), ops_parser("prune"),
-               ops_parser("inspect")]
-    return {s for p in parsers for a in p._actions for s in a.option_strings}
+               ops_parser("inspect"), ops_parser("commitment")]
+    return {s for p in parsers for s in _flags(p)}
 
 
 def commands_in(text: str) -> list[str]:
@@ -45,7 +56,7 @@ def commands_in(text: str) -> list[str]:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             ours = (r"(python (miner|validator)\.py|mapreduce-(miner|validator)"
-                    r"|python -m mapreduce (report|prune|inspect))")
+                    r"|python -m mapreduce (report|prune|inspect|commitment))")
             if re.match(ours, line):
                 out.append(line.replace(" N ", " 1 ").replace(" RUN ", " run-x "))
     return out
@@ -147,15 +158,22 @@ def test_empty_public_endpoint_falls_back_to_ours(monkeypatch) -> None:
 
 
 def test_commitment_budget_in_the_guide_matches_the_code() -> None:
-    """docs/OPERATIONS.md, section 3: AWS leaves 59 characters for the bucket name, R2 does not fit at all."""
+    """docs/OPERATIONS.md, section 3: the room left for the bucket name per provider, and R2 fits."""
     from mapreduce.directory import BucketLocation, CommitmentError
 
+    guide = GUIDE.read_text()
     aws = dict(role="miner", endpoint="", access_key_id="A" * 20, secret_access_key="s" * 40)
-    BucketLocation(bucket="b" * 59, **aws).encode()
-    with pytest.raises(CommitmentError, match="commitment is 129 bytes"):
-        BucketLocation(bucket="b" * 60, **aws).encode()
-    r2 = dict(role="miner", endpoint=f"https://{'a' * 32}.r2.cloudflarestorage.com", access_key_id="k" * 32,
-              secret_access_key="s" * 64)
-    with pytest.raises(CommitmentError):
-        BucketLocation(bucket="abc", **r2).encode()
-    assert "R2 does not fit the current commitment format" in GUIDE.read_text()
+    r2 = dict(role="miner", endpoint=f"https://{'a' * 32}.r2.cloudflarestorage.com", access_key_id="b" * 32,
+              secret_access_key="c" * 64)
+    minio = dict(role="miner", endpoint="http://203.0.113.7:9000", access_key_id="k" * 17,
+                 secret_access_key="s" * 33, path_style=True)
+    for fields, room, row in [(dict(aws, region="us-east-1"), 47, "| AWS S3 |"),
+                              (dict(aws, region="ap-southeast-1"), 42, "| AWS S3 |"),
+                              (minio, 42, "| MinIO |"), (r2, 29, "| Cloudflare R2 |")]:
+        BucketLocation(bucket="b" * room, **fields).encode()
+        with pytest.raises(CommitmentError, match="commitment is 129 bytes"):
+            BucketLocation(bucket="b" * (room + 1), **fields).encode()
+        line = next(x for x in guide.splitlines() if x.startswith(row))
+        assert f"{room} characters" in line, (row, room)
+    assert len(BucketLocation(bucket="b" * 15, **r2).encode()) == 114 and "takes 114 bytes" in guide
+    assert "R2 does not fit" not in guide
