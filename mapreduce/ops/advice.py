@@ -38,7 +38,8 @@ _ADVICE: list[tuple[type[BaseException], str]] = [
     (ChainError, "check --netuid, --subtensor.network and that the hotkey is registered "
                  "(btcli subnet register)"),
     (CommitmentError, "a bucket commitment on chain is malformed: check the bucket name and MR_PUBLIC_* values "
-                      "(the whole commitment must fit in 128 bytes)"),
+                      "(the whole commitment must fit in 128 bytes; try them with `python -m mapreduce commitment "
+                      "encode`)"),
     (InvalidName, "fix the name the message quotes: the run id in --spec, --bucket, or a hotkey in "
                   "--whitelist.hotkeys / --blacklist.hotkeys"),
     (NoBucketOnChain, "the hotkey has no valid bucket commitment on chain: a miner or validator commits its own at "
