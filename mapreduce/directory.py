@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from storage import InvalidEndpoint, check_endpoint
 
 from .chain.base import MAX_COMMITMENT_BYTES, Neuron
-from .errors import InvalidObject, NoBucketOnChain, NotAllowed, UnknownHotkey
+from .errors import InvalidName, InvalidObject, NoBucketOnChain, NotAllowed, UnknownHotkey
 from .wire.names import check_bucket, check_hotkey
 
 if TYPE_CHECKING:
@@ -144,7 +144,10 @@ class BucketLocation:
     def __post_init__(self) -> None:
         if self.role not in ROLES.values():
             raise CommitmentError(f"unknown role {self.role!r}")
-        check_bucket(self.bucket)
+        try:
+            check_bucket(self.bucket)
+        except InvalidName as e:  # one error type for a location that cannot be committed
+            raise CommitmentError(str(e)) from None
         for part in (self.endpoint, self.access_key_id, self.secret_access_key, self.provider, self.region):
             # ASCII only: the SDK sizes on-chain Raw data by character count but sends UTF-8 bytes.
             if not isinstance(part, str) or "|" in part or not part.isascii() or any(ord(c) < 32 for c in part):

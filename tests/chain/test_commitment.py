@@ -232,6 +232,12 @@ def test_encode_exits_2_when_the_commitment_does_not_fit() -> None:
     assert "the chain stores at most 128" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_encode_names_an_invalid_bucket_without_a_traceback(capsys) -> None:
+    code = main(["commitment", "encode", "--role", "miner", "--bucket", "b", "--region", "us-east-1"])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == "" and "not a valid S3 bucket name" in out.err
+
+
 def test_encode_refuses_non_hex_r2_keys(capsys) -> None:
     code = main(["commitment", "encode", "--role", "peer", "--bucket", "bkt", "--endpoint", R2,
                  "--access-key-id", "not-hex", "--secret-access-key", R2_SECRET])
