@@ -220,6 +220,7 @@ class SubtensorChain(Chain):
             self.netuid,
             list(uids),
             [float(w) for w in weights],
+            max_attempts=1,  # one attempt per window: the SDK's own retries hold our connection lock for minutes
             wait_for_inclusion=True,
             wait_for_finalization=self._wait_for_finalization,
         )

@@ -108,6 +108,8 @@ def changed(kind: Any, default: Any) -> tuple[list[str], Any]:
         return ["--{}", str(default + 3)], default + 3
     if kind is float:
         return ["--{}", str(default + 0.5)], default + 0.5
+    if kind == int | None:
+        return ["--{}", "7"], 7
     raise AssertionError(f"no test value for {kind}")
 
 
