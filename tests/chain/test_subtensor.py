@@ -269,6 +269,7 @@ def test_real_branch_mapping(tmp_path):
 
     chain.set_weights(wallet, [0, 1], [1, 3])
     assert sdk.sent[-1][1:3] == ([0, 1], [1.0, 3.0])
+    assert sdk.sent[-1][3]["max_attempts"] == 1  # one attempt: the SDK's retries would hold the connection
 
     sdk.fail_with = ExtrinsicResponse(False, "CommitmentSetRateLimitExceeded")
     with pytest.raises(ChainError, match="CommitmentSetRateLimitExceeded"):
