@@ -24,6 +24,7 @@ import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 __all__ = ["add_dataclass_flags", "dataclass_from_args", "flag_fields", "given"]
@@ -75,7 +76,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         shown = "required" if required else f"default: {shown_defaults.get(name, _show(defaults[name]))}"
         options = [f"--{dest}"] + ([f"--{prefix}.{aliases[name]}"] if name in aliases else [])
         group.add_argument(*options, dest=dest, default=argparse.SUPPRESS, required=required,
-                           help=f"{meaning} ({shown})".replace("%", "%%"), **_argument(kind))
+                           help=f"{meaning} ({shown})".replace("%", "%%"), **argument_for(kind))
     return group
 
 
@@ -162,13 +163,13 @@ def _scalar(kind: Any) -> tuple[Callable[[str], Any], dict[str, Any]]:
             return by_text[text]
         literal.__name__ = "choice"
         return literal, {"metavar": "{" + ",".join(by_text) + "}"}
-    if kind in (int, float, str):
-        return kind, {"metavar": {int: "N", float: "X", str: "TEXT"}[kind]}
+    if kind in (int, float, str, Path):
+        return kind, {"metavar": {int: "N", float: "X", str: "TEXT", Path: "PATH"}[kind]}
     raise TypeError(f"unsupported flag type {kind}")
 
 
-def _argument(kind: Any) -> dict[str, Any]:
-    """argparse keywords for a field of type ``kind``."""
+def argument_for(kind: Any) -> dict[str, Any]:
+    """argparse keywords (type or action, choices, metavar) for a config field of type ``kind``."""
     inner, optional = _optional(kind)
     if inner is bool:
         if optional:

@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ops.flags import argument_for
+
 
 @dataclass
 class SwarmConfig:
@@ -69,16 +71,9 @@ def add_swarm_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(SwarmConfig):
         if not f.metadata.get("flag", True):
             continue
-        kind = hints[f.name]
-        options: dict = {}
-        args = typing.get_args(kind)
-        if typing.get_origin(kind) is typing.Literal:
-            options["choices"] = list(args)
-        else:
-            options["type"] = next((a for a in args if a is not type(None)), kind) if args else kind
         meaning = f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})")  # None: it says
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
-                            help=meaning.replace("%", "%%"), **options)
+                            help=meaning.replace("%", "%%"), **argument_for(hints[f.name]))
 
 
 def swarm_config_from_args(args: argparse.Namespace) -> SwarmConfig:
