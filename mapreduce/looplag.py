@@ -5,9 +5,9 @@ by the reduce deadline. When the validator's own event loop is starved (a busy h
 by another thread), it lists and asks late, and an honest miner would pay for the validator's slowness.
 :class:`LoopLag` measures that slowness from inside: a task that asks to wake every ``tick`` seconds and records
 each wake-up that came late. A remote party cannot make those wake-ups late by holding an answer (a held request
-leaves the loop idle and the ticks on time). The validator subtracts only stalls from before it sent a read
-(mapreduce/validator.py, ``Observation.read_in_time``): a stall while a read is in flight may hide when a held
-answer really arrived, so it credits nobody.
+leaves the loop idle and the ticks on time). A late read that our own stalls may explain
+(mapreduce/validator.py, ``Observation.own_stall``) proves nothing either way: the validator drops that check
+rather than score it 0, and never credits it (an endpoint may have held the read while we stalled).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class LoopLag:
-    """Record the event loop's stalls while :meth:`running`; :meth:`within` sums those inside an interval.
+    """Record the event loop's stalls while used as a context manager (``with lag:`` inside a running loop);
+    :meth:`within` sums those inside an interval.
 
     ``tick``: how often to wake; ``threshold``: lateness below it is scheduling noise, not a stall. Times are
     ``time.time()`` seconds, as the roles stamp what they see.
