@@ -237,11 +237,20 @@ class Network:
     # -- per-window snapshots -------------------------------------------------------------------------------------
 
     async def directory(self, window: int) -> Directory:
+        """The participants of ``window``: registrations and commitments as of the window's first block, so every
+        process reads the same directory for it (and so computes the same plan) whenever it asks, and a hotkey that
+        registers or commits during the window takes part from the next one. Asked before that block exists, the
+        latest state, not kept (the plan itself always waits for the block)."""
         d = self._directories.get(window)
         if d is None:
-            neurons, commitments = await asyncio.gather(asyncio.to_thread(self.chain.neurons),
-                                                        asyncio.to_thread(self.chain.commitments))
+            start = self.phases(window).start_block
+            pinned = await self.block() >= start
+            at = start if pinned else None
+            neurons, commitments = await asyncio.gather(asyncio.to_thread(self.chain.neurons, at),
+                                                        asyncio.to_thread(self.chain.commitments, at))
             d = Directory.build(neurons, commitments, Admission.from_spec(self.spec), self.admission)
+            if not pinned:
+                return d
             self._directories = {w: v for w, v in self._directories.items() if w >= window - 2}
             self._directories[window] = d
         return d
