@@ -141,6 +141,8 @@ class Network:
         self._poll = chain_poll if chain_poll is not None else min(1.0, getattr(chain, "poll_interval", 1.0))
         self._directories: dict[int, Directory] = {}
         self._plans: dict[int, Plan] = {}
+        # The first block whose directory holds our own commitment (0: it was on chain before we started).
+        self._listed_from = 0
 
     @property
     def hotkey(self) -> str:
@@ -194,10 +196,13 @@ class Network:
             await asyncio.gather(cutoff, return_exceptions=True)
 
     async def next_window(self, margin_blocks: int) -> int:
-        """The first window with at least ``margin_blocks`` of its upload phase left; waits for its first block."""
+        """The first window with at least ``margin_blocks`` of its upload phase left whose directory lists our own
+        commitment; waits for its first block."""
         block = await self.block()
         window = self.spec.windows.window_of(block)
         if block >= self.phases(window).upload_deadline - margin_blocks:
+            window += 1
+        while self.phases(window).start_block < self._listed_from:  # a window drawn before we were listed
             window += 1
         await self.wait_for_block(self.phases(window).start_block)
         return window
@@ -233,15 +238,27 @@ class Network:
         current = (await asyncio.to_thread(self.chain.commitments)).get(self.hotkey)
         if current != text:
             await asyncio.to_thread(self.chain.commit, self._chain_signer, text)
+            # The commitment lands in a block after the head we see now (a real chain's commit returns once it is
+            # in a block, so not later than that): windows from the next block on list us (:meth:`directory`).
+            self._listed_from = await self.block() + 1
 
     # -- per-window snapshots -------------------------------------------------------------------------------------
 
     async def directory(self, window: int) -> Directory:
+        """The participants of ``window``: registrations and commitments as of the window's first block, so every
+        process reads the same directory for it (and so computes the same plan) whenever it asks, and a hotkey that
+        registers or commits during the window takes part from the next one. Asked before that block exists, the
+        latest state, not kept (the plan itself always waits for the block)."""
         d = self._directories.get(window)
         if d is None:
-            neurons, commitments = await asyncio.gather(asyncio.to_thread(self.chain.neurons),
-                                                        asyncio.to_thread(self.chain.commitments))
+            start = self.phases(window).start_block
+            pinned = await self.block() >= start
+            at = start if pinned else None
+            neurons, commitments = await asyncio.gather(asyncio.to_thread(self.chain.neurons, at),
+                                                        asyncio.to_thread(self.chain.commitments, at))
             d = Directory.build(neurons, commitments, Admission.from_spec(self.spec), self.admission)
+            if not pinned:
+                return d
             self._directories = {w: v for w, v in self._directories.items() if w >= window - 2}
             self._directories[window] = d
         return d

@@ -153,16 +153,16 @@ class Chain(ABC):
         """Unix seconds at which ``block`` was produced; ChainError if it is in the future."""
 
     @abstractmethod
-    def neurons(self) -> list[Neuron]:
-        """Every neuron registered on ``netuid``, ordered by uid."""
+    def neurons(self, block: int | None = None) -> list[Neuron]:
+        """Every neuron registered on ``netuid`` as of ``block`` (None: the latest), ordered by uid."""
 
     @abstractmethod
     def commit(self, signer: Signer, data: str) -> None:
         """Publish ``data`` (ASCII, at most MAX_COMMITMENT_BYTES) as the signer hotkey's commitment on ``netuid``."""
 
     @abstractmethod
-    def commitments(self) -> dict[str, str]:
-        """Hotkey (ss58) -> its latest commitment on ``netuid``.
+    def commitments(self, block: int | None = None) -> dict[str, str]:
+        """Hotkey (ss58) -> its latest commitment on ``netuid`` as of ``block`` (None: the latest).
 
         On a real chain this may include hotkeys that have since been deregistered: intersect with :meth:`neurons`.
         """

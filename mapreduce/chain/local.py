@@ -47,7 +47,7 @@ from .base import (
     sign,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: commitment_log, so the commitments as of a past block can be read
 BUSY_TIMEOUT_S = 30.0
 _OPS = ("commit", "set_weights")
 
@@ -67,6 +67,11 @@ CREATE TABLE commitments (
     block INTEGER NOT NULL,
     message TEXT NOT NULL,
     signature TEXT NOT NULL
+);
+CREATE TABLE commitment_log (
+    hotkey TEXT NOT NULL REFERENCES neurons(hotkey),
+    data TEXT NOT NULL,
+    landed INTEGER NOT NULL
 );
 CREATE TABLE weights (
     uid INTEGER PRIMARY KEY REFERENCES neurons(uid),
@@ -294,8 +299,11 @@ class LocalChain(Chain):
             )
         return uid
 
-    def neurons(self) -> list[Neuron]:
-        rows = self._read("SELECT uid, hotkey, stake, validator_permit FROM neurons ORDER BY uid")
+    def neurons(self, block: int | None = None) -> list[Neuron]:
+        # A registration made while block b is the head counts from block b + 1, like a call (see _apply).
+        rows = self._read("SELECT uid, hotkey, stake, validator_permit FROM neurons"
+                          + (" WHERE registered_block < ?" if block is not None else "") + " ORDER BY uid",
+                          (block,) if block is not None else ())
         return [Neuron(uid, hotkey, stake, bool(permit)) for uid, hotkey, stake, permit in rows]
 
     def nonce(self, hotkey: str) -> int:
@@ -360,6 +368,10 @@ class LocalChain(Chain):
                 "INSERT OR REPLACE INTO commitments (hotkey, data, block, message, signature) VALUES (?, ?, ?, ?, ?)",
                 (call.hotkey, data, *record),
             )
+            # As on a real chain, a call submitted while block b is the head lands in block b + 1: the state as
+            # of block b, read by anyone once b exists, never changes afterwards.
+            conn.execute("INSERT INTO commitment_log (hotkey, data, landed) VALUES (?, ?, ?)",
+                         (call.hotkey, data, block + 1))
         else:
             if not permit:
                 raise ChainError(f"uid {uid} ({call.hotkey}) has no validator permit: it cannot set weights")
@@ -377,8 +389,11 @@ class LocalChain(Chain):
 
     # --- reads -----------------------------------------------------------------------------------------------------
 
-    def commitments(self) -> dict[str, str]:
-        return dict(self._read("SELECT hotkey, data FROM commitments ORDER BY hotkey"))
+    def commitments(self, block: int | None = None) -> dict[str, str]:
+        if block is None:
+            return dict(self._read("SELECT hotkey, data FROM commitments ORDER BY hotkey"))
+        rows = self._read("SELECT hotkey, data FROM commitment_log WHERE landed <= ? ORDER BY landed, rowid", (block,))
+        return dict(sorted(dict(rows).items()))  # the latest that had landed, per hotkey
 
     def weights(self) -> dict[int, dict[int, float]]:
         rows = self._read("SELECT uid, row FROM weights ORDER BY uid")

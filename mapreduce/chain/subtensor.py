@@ -8,11 +8,11 @@ block_hash          ``Subtensor.get_block_hash(block)``
 block_timestamp     ``Subtensor.get_timestamp(block)``: the ``Timestamp.Now`` storage at that block, i.e. the
                     time its block author put in the block's timestamp inherent (ms precision). State older than
                     ~300 blocks is pruned on lite nodes, so old blocks need an archive endpoint.
-neurons             ``Subtensor.metagraph(netuid, lite=True)``: ``uids``, ``hotkeys``, ``S`` (stake weight),
-                    ``validator_permit``
+neurons             ``Subtensor.metagraph(netuid, lite=True, block=block)``: ``uids``, ``hotkeys``, ``S`` (stake
+                    weight), ``validator_permit``; ``block`` None: the head
 commit              ``Subtensor.set_commitment`` (skipped when the hotkey's commitment already equals the data,
                     because the chain rate-limits commitments and a restarted miner re-publishes the same bucket)
-commitments         ``Subtensor.get_all_commitments(netuid)``
+commitments         ``Subtensor.get_all_commitments(netuid, block=block)``
 set_weights         ``Subtensor.set_weights`` (the SDK uses commit-reveal by itself where the subnet enables it)
 weights             ``Subtensor.weights(netuid)``, rows normalised to sum to 1
 ==================  =============================================================================================
@@ -157,10 +157,10 @@ class SubtensorChain(Chain):
 
     # --- neurons and commitments -----------------------------------------------------------------------------------
 
-    def neurons(self) -> list[Neuron]:
+    def neurons(self, block: int | None = None) -> list[Neuron]:
         if self._mock is not None:
-            return self._call("neurons", self._mock.neurons)
-        mg = self._call("metagraph", self.subtensor.metagraph, self.netuid, lite=True)
+            return self._call("neurons", self._mock.neurons)  # the mock keeps no history of its neurons
+        mg = self._call("metagraph", self.subtensor.metagraph, self.netuid, lite=True, block=block)
         rows = zip(_tolist(mg.uids), mg.hotkeys, _tolist(mg.S), _tolist(mg.validator_permit))
         return sorted(
             (Neuron(int(uid), str(hotkey), float(stake), bool(permit)) for uid, hotkey, stake, permit in rows),
@@ -199,10 +199,10 @@ class SubtensorChain(Chain):
         except Exception:  # a commitment in another format: overwrite it
             return None
 
-    def commitments(self) -> dict[str, str]:
+    def commitments(self, block: int | None = None) -> dict[str, str]:
         if self._mock is not None:
-            return self._call("commitments", self._mock.commitments)
-        raw = self._call("get_all_commitments", self.subtensor.get_all_commitments, self.netuid)
+            return self._call("commitments", self._mock.commitments, block)
+        raw = self._call("get_all_commitments", self.subtensor.get_all_commitments, self.netuid, block=block)
         return {str(_plain(hotkey)): str(data) for hotkey, data in raw.items()}
 
     # --- weights ---------------------------------------------------------------------------------------------------
@@ -313,10 +313,11 @@ class _MockBridge:
         uid = self._uid(hotkey)
         self._state("Commits").setdefault(self.mock.block_number, {})[uid] = data
 
-    def commitments(self) -> dict[str, str]:
+    def commitments(self, at: int | None = None) -> dict[str, str]:
         latest: dict[int, str] = {}
         for block in sorted(self._state("Commits")):
-            latest.update(self._state("Commits")[block])
+            if at is None or block <= at:
+                latest.update(self._state("Commits")[block])
         hotkeys = {n.uid: n.hotkey for n in self.neurons()}
         return {hotkeys[uid]: data for uid, data in latest.items() if uid in hotkeys}
 

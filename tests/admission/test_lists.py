@@ -159,7 +159,7 @@ async def test_peers_exclude_miners_and_senders_outside_the_lists(cluster_factor
                                    admission=Admission.parse(None, deny), chain_poll=0.02), c.bucket_of("peers", i))
     sender, picky_sender = caster(0), caster(1, deny=m[0])
     weights = {"w": torch.randn(8_000, 10)}
-    window = await sender.next_window()
+    window = await c.next_window()  # these networks did not commit: a window whose directory lists the joins above
     receipt, picky_receipt = await asyncio.gather(sender.broadcast(weights, window=window),
                                                   picky_sender.broadcast(weights, window=window))
     assert all(v == [m[1]] for v in picky_receipt.stored_at.values())  # it gave miner 0 no copy
@@ -197,16 +197,18 @@ async def test_only_reports_of_trusted_validators_count(cluster_factory) -> None
                   "silent": (500.0, True, None),
                   "garbage": (500.0, True, "garbage")}
     c.signers["validators"] = [Signer.from_uri(f"//{c.spec.run_id}/v/{name}") for name in validators]
-    window = await c.next_window()
-    for i, (name, (stake, permit, ema)) in enumerate(validators.items()):
+    vnets = []
+    for i, (stake, permit, _) in enumerate(validators.values()):
+        c.chain.register(c.signers["validators"][i].hotkey, stake=stake, validator_permit=permit)
+        vnets.append(await c.join("validators", i))
+    window = await c.next_window()  # one whose directory lists them all
+    for i, (vnet, (stake, permit, ema)) in enumerate(zip(vnets, validators.values())):
         hotkey = c.signers["validators"][i].hotkey
-        c.chain.register(hotkey, stake=stake, validator_permit=permit)
-        vnet = await c.join("validators", i)
         if ema is not None:  # signed by the validator (a report that is not is refused: tests/hostile)
             signer = c.signers["validators"][i]
             report = {"validator": hotkey, "window": window - 1, "ema": ema, "scores": {}}  # "garbage": not a map
             body = bytes(encode_report(c.spec.run_id, window - 1, signer, report).data)
-            bucket = await vnet.bucket(window - 1, hotkey)
+            bucket = await vnet.bucket(window, hotkey)
             await bucket.store.put(bucket.name, str(keys.report_key(c.spec.run_id, window - 1, hotkey)), body)
     denied = c.signers["validators"][list(validators).index("denied-by-reader")].hotkey
     reader = Network(c.spec, c.chain, c.signers["peers"][1], c.pool, admission=Admission.parse(None, denied),

@@ -208,6 +208,7 @@ class SdkShaped:
         self.committed: dict[str, str] = {}
         self.sent: list = []
         self.fail_with: ExtrinsicResponse | None = None
+        self.read_at: list = []  # the block= of each metagraph / get_all_commitments read
 
     def get_current_block(self):
         return self.block
@@ -218,7 +219,8 @@ class SdkShaped:
     def get_timestamp(self, block):
         return datetime.fromtimestamp(1_700_000_000 + 12 * block, tz=timezone.utc)
 
-    def metagraph(self, netuid, lite=True):
+    def metagraph(self, netuid, lite=True, block=None):
+        self.read_at.append(("metagraph", block))
         return SimpleNamespace(
             uids=np.array([1, 0]),
             hotkeys=["hk1", "hk0"],
@@ -239,7 +241,8 @@ class SdkShaped:
         self.committed[wallet.hotkey.ss58_address] = data
         return ExtrinsicResponse(True, "ok")
 
-    def get_all_commitments(self, netuid):
+    def get_all_commitments(self, netuid, block=None):
+        self.read_at.append(("get_all_commitments", block))
         return dict(self.committed)
 
     def set_weights(self, wallet, netuid, uids, weights, **kw):
@@ -266,6 +269,10 @@ def test_real_branch_mapping(tmp_path):
     assert [s[1] for s in sdk.sent] == ["bucket"]
     assert sdk.sent[0][2]["wait_for_inclusion"] is True
     assert chain.commitments() == {wallet.hotkey.ss58_address: "bucket"}
+    # a window's directory is read as of its first block: the block goes to the SDK as is
+    chain.neurons(42), chain.commitments(42)
+    assert sdk.read_at[-2:] == [("metagraph", 42), ("get_all_commitments", 42)]
+    assert ("metagraph", None) in sdk.read_at  # and the head when no block is given
 
     chain.set_weights(wallet, [0, 1], [1, 3])
     assert sdk.sent[-1][1:3] == ([0, 1], [1.0, 3.0])
