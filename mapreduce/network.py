@@ -141,6 +141,7 @@ class Network:
         self._poll = chain_poll if chain_poll is not None else min(1.0, getattr(chain, "poll_interval", 1.0))
         self._directories: dict[int, Directory] = {}
         self._plans: dict[int, Plan] = {}
+        self._final_hashes: dict[int, str] = {}
         # The first block whose directory holds our own commitment (0: it was on chain before we started).
         self._listed_from = 0
 
@@ -202,7 +203,7 @@ class Network:
         window = self.spec.windows.window_of(block)
         if block >= self.phases(window).upload_deadline - margin_blocks:
             window += 1
-        while self.phases(window).start_block < self._listed_from:  # a window drawn before we were listed
+        while self.phases(window).anchor_block < self._listed_from:  # a window drawn before we were listed
             window += 1
         await self.wait_for_block(self.phases(window).start_block)
         return window
@@ -223,8 +224,19 @@ class Network:
         t1, t0 = await asyncio.gather(self.block_timestamp(block), self.block_timestamp(first))
         return max(1e-3, (t1 - t0) / (block - first))
 
-    async def block_hash(self, block: int) -> str:
-        return await asyncio.to_thread(self.chain.block_hash, block)
+    async def final_block_hash(self, block: int) -> str:
+        """``block``'s hash once it is final (waits for that), the only kind of hash a seed may use: a hash nearer
+        the head can still change in a reorg, and two processes would then draw different plans. Kept, since it
+        never changes again."""
+        known = self._final_hashes.get(block)
+        if known is None:
+            while await asyncio.to_thread(self.chain.finalized_block) < block:
+                await asyncio.sleep(self._poll)
+            known = await asyncio.to_thread(self.chain.block_hash, block)
+            if len(self._final_hashes) >= 64:
+                self._final_hashes.pop(min(self._final_hashes))
+            self._final_hashes[block] = known
+        return known
 
     async def block_timestamp(self, block: int) -> float:
         return await asyncio.to_thread(self.chain.block_timestamp, block)
@@ -245,15 +257,16 @@ class Network:
     # -- per-window snapshots -------------------------------------------------------------------------------------
 
     async def directory(self, window: int) -> Directory:
-        """The participants of ``window``: registrations and commitments as of the window's first block, so every
-        process reads the same directory for it (and so computes the same plan) whenever it asks, and a hotkey that
-        registers or commits during the window takes part from the next one. Asked before that block exists, the
-        latest state, not kept (the plan itself always waits for the block)."""
+        """The participants of ``window``: registrations and commitments as of the window's anchor block (a few
+        blocks before its start; :class:`~mapreduce.windows.Phases`), so every process reads the same directory for
+        it (and so computes the same plan) whenever it asks, and a hotkey that registers or commits later takes
+        part from a later window. Asked before the anchor is final, the latest state, not kept (the plan itself
+        always waits for the anchor)."""
         d = self._directories.get(window)
         if d is None:
-            start = self.phases(window).start_block
-            pinned = await self.block() >= start
-            at = start if pinned else None
+            anchor = self.phases(window).anchor_block
+            pinned = await asyncio.to_thread(self.chain.finalized_block) >= anchor
+            at = anchor if pinned else None
             neurons, commitments = await asyncio.gather(asyncio.to_thread(self.chain.neurons, at),
                                                         asyncio.to_thread(self.chain.commitments, at))
             d = Directory.build(neurons, commitments, Admission.from_spec(self.spec), self.admission)
@@ -264,13 +277,11 @@ class Network:
         return d
 
     async def plan(self, window: int) -> Plan:
-        """The window's plan; waits for the window's first block, whose hash seeds it."""
+        """The window's plan, seeded by its anchor block's hash; waits for that block to be final."""
         p = self._plans.get(window)
         if p is None:
-            seed_block = self.phases(window).plan_seed_block
-            await self.wait_for_block(seed_block)
+            block_hash = await self.final_block_hash(self.phases(window).plan_seed_block)
             directory = await self.directory(window)
-            block_hash = await self.block_hash(seed_block)
             p = make_plan(self.spec, window, block_hash, directory.miners)
             self._plans = {w: v for w, v in self._plans.items() if w >= window - 2}
             self._plans[window] = p
@@ -278,18 +289,16 @@ class Network:
 
     async def broadcast_plan(self, window: int, sender: str) -> Plan:
         """Which miners hold each segment of ``sender``'s broadcast in ``window``: the run's plan function over the
-        same miners, seeded with ``broadcast|{sender}|{hash of the window's first block}``; waits for that block."""
-        seed_block = self.phases(window).plan_seed_block
-        await self.wait_for_block(seed_block)
+        same miners, seeded with ``broadcast|{sender}|{hash of the window's anchor block}``; waits for that block
+        to be final."""
+        block_hash = await self.final_block_hash(self.phases(window).plan_seed_block)
         directory = await self.directory(window)
-        block_hash = await self.block_hash(seed_block)
         return make_plan(self.spec, window, seeds.broadcast_block(sender, block_hash), directory.miners)
 
     async def sample_seed(self, window: int) -> bytes:
-        """Unknown to anyone before the window's reduce deadline: the deadline block's hash does not exist yet."""
-        seed_block = self.phases(window).sample_seed_block
-        await self.wait_for_block(seed_block)
-        block_hash = await self.block_hash(seed_block)
+        """Unknown to anyone before the window's reduce deadline: the deadline block's hash does not exist yet.
+        Read once that block is final, so a reorg cannot give two validators different samples."""
+        block_hash = await self.final_block_hash(self.phases(window).sample_seed_block)
         return seeds.sample_seed(self.spec.run_id, window, block_hash)
 
     async def bucket(self, window: int, hotkey: str) -> Bucket:

@@ -41,7 +41,7 @@ from .wire.signing import Signer
 
 RUN = "vectors"
 WINDOW = 7
-# Stands in for the hash of the window's first block (block 70 with 10 blocks per window): "0x" + 64 hex digits.
+# Stands in for the hash of the window's anchor block (block 67: window 7 starts at block 70, finality_blocks 3): "0x" + 64 hex digits.
 BLOCK_HASH = "0x" + hashlib.sha256(b"mapreduce/vectors block 70").hexdigest()
 PEERS = tuple(f"//vectors/peer/{i}" for i in range(3))
 MINERS = tuple(f"//vectors/miner/{i}" for i in range(3))
@@ -178,7 +178,7 @@ def deterministic(s: RunSpec | None = None) -> dict[str, Any]:
         plan_vector(s, WINDOW, BLOCK_HASH, m, "the run's plan for the objects below"),
         plan_vector(s, WINDOW, f"broadcast|{peers[0].hotkey}|{BLOCK_HASH}", m,
                     "the broadcast plan of sender peer 0 in the same window: block_hash is "
-                    "'broadcast|{sender}|{hash of the window's first block}'"),
+                    "'broadcast|{sender}|{hash of the window's anchor block}'"),
         plan_vector(wide, 3, "0x" + hashlib.sha256(b"mapreduce/vectors block 30").hexdigest(),
                     [five[4], five[1], five[3], five[0], five[2], five[1]],
                     "5 miners (given unsorted, one twice), 10 segments of 1003 elements (the first 3 have 101), "

@@ -20,6 +20,11 @@ class WindowConfig:
     # Seconds of tolerance when comparing a storage server's Last-Modified with a block timestamp: S3 stamps
     # objects with one-second resolution and the servers' clocks are not the chain's.
     clock_skew_seconds: float = 1.0
+    # How far before its first block a window is anchored: its plan is seeded by the anchor block's hash and its
+    # directory read as of that block. A block is final only some blocks behind the head (subtensor's GRANDPA
+    # finalizes ~2 behind), and a reorg must never change a window's plan, so the anchor is far enough back to be
+    # final when the window opens; processes also wait for it to be final before using it (network.py).
+    finality_blocks: int = 3
 
     def __post_init__(self) -> None:
         if self.blocks_per_window < 2 or self.upload_blocks < 1 or self.reduce_blocks < 1:
@@ -31,6 +36,8 @@ class WindowConfig:
             )
         if self.clock_skew_seconds < 0:
             raise ValueError("clock_skew_seconds must be >= 0")
+        if not 0 <= self.finality_blocks <= self.blocks_per_window:
+            raise ValueError(f"finality_blocks must be in 0..blocks_per_window ({self.blocks_per_window})")
 
     def window_of(self, block: int) -> int:
         return block // self.blocks_per_window
@@ -40,6 +47,7 @@ class WindowConfig:
         upload_deadline = start + self.upload_blocks
         return Phases(
             window=window,
+            anchor_block=max(0, start - self.finality_blocks),
             start_block=start,
             upload_deadline=upload_deadline,
             reduce_deadline=upload_deadline + self.reduce_blocks,
@@ -51,13 +59,17 @@ class WindowConfig:
 class Phases:
     """The blocks that bound one window's phases.
 
-    - ``start_block``: the plan is seeded by this block's hash, so it is known to all when the window opens.
+    - ``anchor_block``: ``finality_blocks`` before the start. The plan is seeded by this block's hash and the
+      directory (who is registered, where their buckets are) read as of this block, both once it is final: known
+      to all, and the same for all, when the window opens.
+    - ``start_block``: the upload phase opens.
     - ``upload_deadline``: inputs must exist, by the storage server's clock, no later than this block's timestamp.
-    - ``reduce_deadline``: outputs likewise; the validator's sampling seed is this block's hash, which nobody
-      knows before the deadline.
+    - ``reduce_deadline``: outputs likewise; the hosting checks' sampling seed is this block's hash (read once it
+      is final), which nobody knows before the deadline.
     """
 
     window: int
+    anchor_block: int
     start_block: int
     upload_deadline: int
     reduce_deadline: int
@@ -65,7 +77,7 @@ class Phases:
 
     @property
     def plan_seed_block(self) -> int:
-        return self.start_block
+        return self.anchor_block
 
     @property
     def sample_seed_block(self) -> int:

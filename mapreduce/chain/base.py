@@ -144,9 +144,15 @@ class Chain(ABC):
     def current_block(self) -> int:
         """The latest block number."""
 
+    def finalized_block(self) -> int:
+        """The latest final block: its hash, and every earlier one, never changes. A chain without forks (this
+        default) finalizes each block as it is made; a real chain finalizes some blocks behind its head."""
+        return self.current_block()
+
     @abstractmethod
     def block_hash(self, block: int) -> str:
-        """``"0x"`` + 64 hex digits, the same for every caller; ChainError if ``block`` is in the future."""
+        """``"0x"`` + 64 hex digits; ChainError if ``block`` is in the future. The same for every caller once the
+        block is final (:meth:`finalized_block`); a block nearer the head may still be replaced by a reorg."""
 
     @abstractmethod
     def block_timestamp(self, block: int) -> float:

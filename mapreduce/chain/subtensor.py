@@ -4,6 +4,8 @@
 Chain               SDK call
 ==================  =============================================================================================
 current_block       ``Subtensor.get_current_block``
+finalized_block     ``Subtensor.substrate.get_chain_finalised_head`` (RPC ``chain_getFinalizedHead``), then
+                    ``substrate.get_block_number`` of that hash
 block_hash          ``Subtensor.get_block_hash(block)``
 block_timestamp     ``Subtensor.get_timestamp(block)``: the ``Timestamp.Now`` storage at that block, i.e. the
                     time its block author put in the block's timestamp inherent (ms precision). State older than
@@ -137,6 +139,13 @@ class SubtensorChain(Chain):
 
     def current_block(self) -> int:
         return int(self._call("get_current_block", self.subtensor.get_current_block))
+
+    def finalized_block(self) -> int:
+        if self._mock is not None:
+            return self.current_block()  # the mock has no forks
+        substrate = self.subtensor.substrate
+        head = self._call("chain_getFinalizedHead", substrate.get_chain_finalised_head)
+        return int(self._call("get_block_number", substrate.get_block_number, head))
 
     def block_hash(self, block: int) -> str:
         self._check_past(block)

@@ -33,7 +33,7 @@ from . import hashtree, strictjson
 from .keys import ObjectKey
 from .signing import Signer, verify
 
-VERSION = "3"
+VERSION = "4"  # 4: plans and directories anchored to a final block before the window (windows.finality_blocks)
 LEAVES = "__leaves__"
 DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "U8": torch.uint8}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}

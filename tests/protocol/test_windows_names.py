@@ -20,7 +20,9 @@ def test_phases() -> None:
     assert (p.start_block, p.upload_deadline, p.reduce_deadline, p.end_block) == (30, 34, 37, 40)
     assert [p.phase_at(b) for b in (29, 30, 33, 34, 36, 37, 39, 40)] == [
         "before", "upload", "upload", "reduce", "reduce", "download", "download", "after"]
-    assert p.plan_seed_block == 30 and p.sample_seed_block == 37
+    assert p.anchor_block == p.plan_seed_block == 27 and p.sample_seed_block == 37  # finality_blocks 3 by default
+    assert WindowConfig(10, 4, 3, finality_blocks=0).phases(3).plan_seed_block == 30
+    assert cfg.phases(0).anchor_block == 0  # the first window anchors at genesis
 
 
 def test_window_config_rejects_impossible_phases() -> None:
@@ -28,6 +30,9 @@ def test_window_config_rejects_impossible_phases() -> None:
         WindowConfig(blocks_per_window=5, upload_blocks=3, reduce_blocks=3)
     with pytest.raises(ValueError):
         WindowConfig(upload_blocks=0)
+    for finality in (-1, 11):
+        with pytest.raises(ValueError, match="finality_blocks"):
+            WindowConfig(blocks_per_window=10, finality_blocks=finality)
 
 
 def test_on_time_uses_skew() -> None:

@@ -70,9 +70,10 @@ class Cluster:
         return task
 
     async def next_window(self, margin_blocks: int = 1) -> int:
-        """A window whose start is still ahead, so everyone sees the same directory when its plan is drawn."""
+        """A window whose anchor block (the directory's and the plan's) is still ahead, so every join so far is in
+        its directory."""
         block = self.chain.current_block()
-        return self.spec.windows.window_of(block + margin_blocks) + 1
+        return self.spec.windows.window_of(block + margin_blocks + self.spec.windows.finality_blocks) + 1
 
 
 def make_spec(run_id: str, numel: int = 50_000, segments: int = 4, redundancy: int = 2,
