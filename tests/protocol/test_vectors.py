@@ -143,7 +143,7 @@ def test_object_headers_and_signatures(objs: dict[str, dict]) -> None:
         assert canonical == o["canonical_header"].encode()
         assert hashlib.sha256(canonical).hexdigest() == o["canonical_header_sha256"]
         message = codec._signed_message(header)
-        assert message == b"mapreduce/v3\n" + hashlib.sha256(canonical).digest()
+        assert message == b"mapreduce/v4\n" + hashlib.sha256(canonical).digest()
         assert message.hex() == o["signed_message"]
         assert verify(o["signer"], message, bytes.fromhex(o["signature"])), o["name"]
         assert o["signer"] == o["metadata"]["hotkey"]
