@@ -12,6 +12,7 @@ anonymous requests. The account's keys are never sent to an endpoint someone els
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, TypeVar
@@ -19,7 +20,7 @@ from typing import Awaitable, Callable, TypeVar
 from storage import ObjectStore, RetryConfig, S3Config, TransferConfig, TransferStats
 
 from . import seeds
-from .chain.base import Chain
+from .chain.base import Chain, ChainError
 from .directory import LEGACY, Admission, BucketLocation, Directory
 from .errors import PhaseOver
 from .plan import Plan, Segment, make_plan
@@ -28,6 +29,8 @@ from .windows import Phases, settle_time
 from .wire.codec import Expect
 from .wire.expect import input_expect, output_expect
 from .wire.signing import Signer
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -159,8 +162,21 @@ class Network:
         return await asyncio.to_thread(self.chain.current_block)
 
     async def wait_for_block(self, block: int) -> int:
+        """Wait for ``block``; a chain that cannot be read meanwhile (a node restarting, a dropped connection) is
+        waited out, logged once per outage, not the end of the caller."""
+        outage = None
         while True:
-            now = await self.block()
+            try:
+                now = await self.block()
+            except ChainError as e:
+                if outage is None:
+                    outage = time.monotonic()
+                    log.warning("cannot read the chain's block number (%s); retrying", e)
+                await asyncio.sleep(max(self._poll, 1.0))
+                continue
+            if outage is not None:
+                log.info("chain readable again after %.0fs", time.monotonic() - outage)
+                outage = None
             if now >= block:
                 return now
             await asyncio.sleep(self._poll)

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 from storage import NotFound, ObjectTooLarge, StorageError
 
 from . import seeds
+from .chain.base import ChainError
 from .errors import InvalidObject, NoBucketOnChain
 from .network import Network
 from .wire.expect import MAX_REPORT_BYTES
@@ -151,6 +152,8 @@ async def standing_line(net: Network, window: int, timeout: float = 10.0) -> str
         seen = await asyncio.wait_for(trusted_scores(net, window), timeout)
     except asyncio.TimeoutError:
         return f"window {window}: standing unknown (validators' reports not read within {timeout:.0f}s)"
+    except ChainError as e:  # the directory could not be read: a log line, never the end of the caller
+        return f"window {window}: standing unknown (chain unreadable: {e})"
     excluded = ", ".join(f"{k}={v}" for k, v in sorted(seen.excluded.items())) or "none"
     score = seen.scores.get(net.hotkey)
     return (f"window {window}: standing {'-' if score is None else f'{score:.3f}'} from {len(seen.validators)} "
