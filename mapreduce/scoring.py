@@ -47,26 +47,15 @@ class ScoringConfig:
     latency_weight: float = field(default=0.25, metadata={
         "help": "share of a segment score that depends on how soon the output appeared (the rest: correctness and "
                 "completeness)"})
-    weights_every: int | None = field(default=None, metadata={
-        "help": "set weights on chain every this many windows; default: enough windows to span the chain's default "
-                "weights rate limit (WEIGHTS_RATE_LIMIT_BLOCKS, 100 blocks), so no attempt is refused for it"})
+    weights_every: int = field(default=1, metadata={
+        "help": "try to set weights at most every this many windows; an attempt is also made only when the chain's "
+                "weights rate limit (read from the chain before each attempt) allows it"})
     hosting_weight: float = field(default=0.2, metadata={
         "help": "share of a window score earned by hosting broadcast copies (the rest: reduced segments)"})
     hosting_latency_weight: float = field(default=0.5, metadata={
         "help": "share of a hosting score that depends on the speed of the ranged reads"})
     hosting_request_seconds: float = field(default=1.0, metadata={
         "help": "seconds per ranged GET (as the validator saw it) at which hosting speed earns nothing"})
-
-
-WEIGHTS_RATE_LIMIT_BLOCKS = 100  # subtensor's default weights_rate_limit: blocks between two weight settings
-
-
-def weights_every_windows(cfg: ScoringConfig, blocks_per_window: int) -> int:
-    """Windows between two weight settings: the configured number, else the fewest whose blocks exceed the chain's
-    default rate limit (10-block windows: 11)."""
-    if cfg.weights_every is not None:
-        return cfg.weights_every
-    return WEIGHTS_RATE_LIMIT_BLOCKS // blocks_per_window + 1
 
 
 @dataclass

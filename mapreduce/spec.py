@@ -52,6 +52,9 @@ class RunSpec:
     deny_hotkeys: tuple[str, ...] = ()
     # Peers and miners trust the reports of validators with a validator permit and at least this stake.
     min_validator_stake: float = 0.0
+    # The version_key validators send with their weights: the subnet owner's weights_version hyperparameter, which
+    # the chain requires weights to meet (not the installed SDK's version, which changes with every upgrade).
+    weights_version: int = 0
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
@@ -80,6 +83,9 @@ class RunSpec:
         if not (isinstance(self.min_validator_stake, (int, float)) and math.isfinite(self.min_validator_stake)
                 and self.min_validator_stake >= 0):
             raise ValueError("min_validator_stake must be a finite number >= 0")
+        if isinstance(self.weights_version, bool) or not isinstance(self.weights_version, int) \
+                or not 0 <= self.weights_version < 2 ** 64:
+            raise ValueError("weights_version must be an integer in [0, 2^64) (the chain's u64 version_key)")
         if not (isinstance(self.max_abs_value, (int, float)) and 0 < self.max_abs_value <= 1e30):
             raise ValueError("max_abs_value must be a number in (0, 1e30]: the sum of a million inputs at the bound "
                              "must stay finite in fp32")

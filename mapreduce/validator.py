@@ -15,7 +15,7 @@ Per window:
    whole before the miner is blamed (a peer's valid header over a bad body frames nobody).
 3. **Score** (:mod:`mapreduce.scoring`): a plan miner whose bucket cannot be read scores 0 for the window (when
    other miners' buckets could be read, so the fault is not ours). Persist state, write a signed report to our
-   bucket, set weights every ``weights_every`` windows (default: past the chain's weights rate limit).
+   bucket, set weights every ``weights_every`` windows when the chain's weights rate limit allows it.
 
 Every phase is bounded in time (a miner's endpoint that stalls costs that miner its check, nothing else), and a
 failure in one check or one window is logged and counted, never the end of the process.
@@ -38,6 +38,7 @@ from storage import ListingTooLong, NotFound, ObjectInfo, PreconditionFailed, St
 
 from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, listed_mean,
                     open_listed_inputs, read_records, recompute_difference, sample_ranges)
+from .chain.base import ChainError
 from .errors import InvalidObject, Late, NoBucketOnChain
 from .hosting import HostingConfig, check_hosting, hosting_lines
 from .inputs import InputRef, counted, fetch_input
@@ -46,7 +47,7 @@ from .looplag import LoopLag
 from .network import Bucket, Network
 from .observers import Observers
 from .plan import Plan, Segment
-from .scoring import (HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segment_score, weights_every_windows,
+from .scoring import (HostingCheck, Scoreboard, ScoringConfig, SegmentCheck, segment_score,
                       window_scores)
 from .windows import settle_time
 from .wire import hashtree, keys
@@ -816,8 +817,7 @@ class Validator:
         report = WindowReport(plan.window, self.net.hotkey, checks, scores, dict(self.board.ema),
                               bytes_fetched=fetched, output_bytes_checked=checked, rejected=dict(rejected),
                               hosting=list(hosting or []))
-        every = weights_every_windows(self.config.scoring, self.net.spec.windows.blocks_per_window)
-        if plan.window - self.board.last_weights_window >= every:
+        if plan.window - self.board.last_weights_window >= self.config.scoring.weights_every:
             report.weights_set = await self._set_weights(plan.window)
         self.board.save(self.state_path)
         await self._publish(report)
@@ -827,24 +827,32 @@ class Validator:
         return report
 
     async def _set_weights(self, window: int) -> bool:
-        """One attempt per due window (a refusal is logged, never retried in a loop that holds the chain): only
-        with a validator permit, which the chain requires (without one, every attempt would fail)."""
+        """One attempt per due window, and only one the chain would accept: with a validator permit, and outside
+        the subnet's weights rate limit (both read from the chain first). A refusal is logged, never retried in a
+        loop; a chain that cannot be read skips this window's attempt, never the validation."""
         directory = await self.net.directory(window)
         uids, weights = self.board.weights({h: directory.uid(h) for h in directory.miners if directory.accepts(h)})
         if not uids:
             return False
+        chain = self.net.chain
         try:
-            me = [n for n in await asyncio.to_thread(self.net.chain.neurons) if n.hotkey == self.net.hotkey]
-        except Exception as e:  # a chain read failing must not stop validation
-            log.error("window %d: cannot read our validator permit: %s", window, e)
+            me = [n for n in await asyncio.to_thread(chain.neurons) if n.hotkey == self.net.hotkey]
+            if not me or not me[0].validator_permit:
+                log.warning("window %d: weights not set: hotkey %s has no validator permit on netuid %s (it needs "
+                            "stake enough to be among the subnet's top validators)", window, self.net.hotkey,
+                            getattr(chain, "netuid", "?"))
+                return False
+            wait = await asyncio.to_thread(chain.weights_wait, me[0].uid)
+        except ChainError as e:  # a chain read failing must not stop validation
+            log.error("window %d: weights not set: cannot read our permit or the rate limit: %s", window, e)
             return False
-        if not me or not me[0].validator_permit:
-            log.warning("window %d: weights not set: hotkey %s has no validator permit on netuid %s (it needs "
-                        "stake enough to be among the subnet's top validators)", window, self.net.hotkey,
-                        getattr(self.net.chain, "netuid", "?"))
+        if wait > 0:
+            log.info("window %d: weights not set yet: the chain's weights rate limit allows it in %d block(s)",
+                     window, wait)
             return False
         try:
-            await asyncio.to_thread(self.net.chain.set_weights, self.net.chain_signer, uids, weights)
+            await asyncio.to_thread(chain.set_weights, self.net.chain_signer, uids, weights,
+                                    self.net.spec.weights_version)
         except Exception as e:  # the chain refusing weights must not stop validation
             log.error("window %d: setting weights failed: %s", window, e)
             return False

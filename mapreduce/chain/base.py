@@ -174,8 +174,14 @@ class Chain(ABC):
         """
 
     @abstractmethod
-    def set_weights(self, signer: Signer, uids: list[int], weights: list[float]) -> None:
-        """Set the signer's (a validator's) weights on ``netuid``; they are normalised, so only ratios matter."""
+    def set_weights(self, signer: Signer, uids: list[int], weights: list[float], version_key: int = 0) -> None:
+        """Set the signer's (a validator's) weights on ``netuid``; they are normalised, so only ratios matter.
+        ``version_key`` must be at least the subnet's ``weights_version`` (the run spec's ``weights_version``)."""
+
+    def weights_wait(self, uid: int) -> int:
+        """Blocks before ``uid`` may set weights again: the subnet's weights rate limit less the blocks since its
+        last update (0: now). A chain without a rate limit (this default) always answers 0."""
+        return 0
 
     @abstractmethod
     def weights(self) -> dict[int, dict[int, float]]:

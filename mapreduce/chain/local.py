@@ -319,9 +319,34 @@ class LocalChain(Chain):
         check_commitment(data)
         self._sign_and_submit(signer, "commit", {"data": data})
 
-    def set_weights(self, signer: Signer, uids: list[int], weights: list[float]) -> None:
+    def set_weights(self, signer: Signer, uids: list[int], weights: list[float], version_key: int = 0) -> None:
         check_weights(uids, weights)
-        self._sign_and_submit(signer, "set_weights", {"uids": list(uids), "weights": [float(w) for w in weights]})
+        self._sign_and_submit(signer, "set_weights", {"uids": list(uids), "weights": [float(w) for w in weights],
+                                                      "version_key": int(version_key)})
+
+    def set_hyperparameters(self, *, weights_rate_limit: int | None = None, weights_version: int | None = None) -> None:
+        """Admin action, as the subnet owner sets them on a real chain: blocks a validator must wait between two
+        weight settings, and the least ``version_key`` accepted (both 0 at creation: no limit, any version)."""
+        with self._transaction() as conn:
+            for key, value in (("weights_rate_limit", weights_rate_limit), ("weights_version", weights_version)):
+                if value is not None:
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                        raise ChainError(f"{key} must be an integer >= 0, got {value!r}")
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
+    def _hyperparameter(self, conn: sqlite3.Connection | None, key: str) -> int:
+        query = "SELECT value FROM meta WHERE key = ?"
+        row = conn.execute(query, (key,)).fetchone() if conn is not None else next(iter(self._read(query, (key,))), None)
+        return int(row[0]) if row else 0
+
+    def _weights_wait(self, conn: sqlite3.Connection | None, uid: int, block: int) -> int:
+        limit = self._hyperparameter(conn, "weights_rate_limit")
+        query = "SELECT block FROM weights WHERE uid = ?"
+        row = conn.execute(query, (uid,)).fetchone() if conn is not None else next(iter(self._read(query, (uid,))), None)
+        return 0 if row is None else max(0, limit - (block - int(row[0])))
+
+    def weights_wait(self, uid: int) -> int:
+        return self._weights_wait(None, uid, self.current_block())
 
     def submit(self, call: SignedCall) -> int:
         """Apply a signed call, as the chain would an extrinsic, and return the block it landed in.
@@ -380,6 +405,14 @@ class LocalChain(Chain):
                 raise ChainError("set_weights needs lists of uids and weights")
             (n,) = conn.execute("SELECT COUNT(*) FROM neurons").fetchone()
             check_weights(uids, weights, n)
+            # The chain's own refusals, as subtensor's IncorrectWeightVersionKey and SettingWeightsTooFast.
+            version, required = fields["args"].get("version_key", 0), self._hyperparameter(conn, "weights_version")
+            if not isinstance(version, int) or version < required:
+                raise ChainError(f"IncorrectWeightVersionKey: version_key {version!r} is below the subnet's "
+                                 f"weights_version {required}")
+            wait = self._weights_wait(conn, uid, block)
+            if wait:
+                raise ChainError(f"SettingWeightsTooFast: uid {uid} may set weights again in {wait} block(s)")
             conn.execute(
                 "INSERT OR REPLACE INTO weights (uid, row, block, message, signature) VALUES (?, ?, ?, ?, ?)",
                 (uid, json.dumps(normalize_row(dict(zip(uids, weights)))), *record),

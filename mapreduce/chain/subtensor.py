@@ -15,7 +15,9 @@ neurons             ``Subtensor.metagraph(netuid, lite=True, block=block)``: ``u
 commit              ``Subtensor.set_commitment`` (skipped when the hotkey's commitment already equals the data,
                     because the chain rate-limits commitments and a restarted miner re-publishes the same bucket)
 commitments         ``Subtensor.get_all_commitments(netuid, block=block)``
-set_weights         ``Subtensor.set_weights`` (the SDK uses commit-reveal by itself where the subnet enables it)
+set_weights         ``Subtensor.set_weights(..., version_key=, max_attempts=1)`` (the SDK uses commit-reveal by
+                    itself where the subnet enables it)
+weights_wait        ``Subtensor.weights_rate_limit`` less ``Subtensor.blocks_since_last_update``
 weights             ``Subtensor.weights(netuid)``, rows normalised to sum to 1
 ==================  =============================================================================================
 
@@ -29,9 +31,11 @@ SDK: ``metagraph``/``neurons_lite`` crash (``NeuronInfo`` has no ``rank``), ``ge
 mapping code above the SDK is thus exercised by tests; the SDK calls in the table are not (see the report in
 ``tests/chain/test_subtensor.py``).
 
-The sync SDK talks over one websocket and is not thread-safe, so every SDK call holds a lock. A write waits for
-inclusion (and finalization if asked), holding the connection meanwhile; a process that must keep reading blocks
-while it sets weights can use a second ``SubtensorChain`` for writes.
+The sync SDK talks over one websocket and is not thread-safe, so every SDK call holds its connection's lock. A
+write waits for inclusion (and finalization if asked), holding its connection meanwhile, so writes go through a
+second connection (``connect_writer``, opened on the first write; :meth:`SubtensorChain.from_config` sets it):
+reads never wait behind a write. Reads are retried (``read_attempts``); writes are not (one attempt, the caller
+decides when to try again).
 """
 from __future__ import annotations
 
@@ -78,11 +82,18 @@ class SubtensorChain(Chain):
         *,
         wait_for_finalization: bool = False,
         poll_interval: float = 1.0,
+        connect_writer: Callable[[], Any] | None = None,
+        read_attempts: int = 3,
+        read_backoff: float = 1.0,
     ):
         """Wrap a connected ``bittensor.Subtensor`` (or a ``MockSubtensor``) for subnet ``netuid``.
 
         Writes wait for inclusion in a block (which reports dispatch errors); ``wait_for_finalization`` also waits
-        for finality, a few blocks more.
+        for finality, a few blocks more. ``connect_writer`` opens a second connection, on the first write, that
+        every write then uses, so reads never wait behind a write's inclusion (without it, writes share the
+        reading connection and its lock). A read that fails is tried ``read_attempts`` times in all,
+        ``read_backoff`` x 1, 2... seconds apart: a dropped websocket or a node restarting is not the end of the
+        process.
         """
         self.subtensor = subtensor
         self.netuid = int(netuid)
@@ -90,6 +101,11 @@ class SubtensorChain(Chain):
         self._wait_for_finalization = wait_for_finalization
         self._lock = threading.RLock()
         self._mock = _MockBridge(subtensor, self.netuid) if isinstance(subtensor, MockSubtensor) else None
+        self._connect_writer = connect_writer if self._mock is None else None
+        self._writer: Any = None
+        self._writer_lock = threading.RLock()
+        self._read_attempts = max(1, int(read_attempts))
+        self._read_backoff = read_backoff
 
     # --- construction from the command line ------------------------------------------------------------------------
 
@@ -112,25 +128,29 @@ class SubtensorChain(Chain):
         if netuid is None:
             raise ChainError("config has no netuid (add --netuid)")
         network = _setting(config, "subtensor.network")
+        def connect() -> Any:
+            if isinstance(config, bt.Config):
+                return bt.Subtensor(config=config)  # the SDK applies its own endpoint/network precedence
+            endpoint = _setting(config, "subtensor.chain_endpoint")
+            # argparse cannot tell a default from an explicit value; an endpoint other than the default wins.
+            explicit = endpoint and endpoint != DEFAULTS.subtensor.chain_endpoint
+            return bt.Subtensor(network=endpoint if explicit else network)
+
         try:
-            if _setting(config, "subtensor._mock") or network == "mock":
-                subtensor = MockSubtensor()
-            elif isinstance(config, bt.Config):
-                subtensor = bt.Subtensor(config=config)  # the SDK applies its own endpoint/network precedence
-            else:
-                endpoint = _setting(config, "subtensor.chain_endpoint")
-                # argparse cannot tell a default from an explicit value; an endpoint other than the default wins.
-                explicit = endpoint and endpoint != DEFAULTS.subtensor.chain_endpoint
-                subtensor = bt.Subtensor(network=endpoint if explicit else network)
-        except ChainError:
-            raise
+            mock = bool(_setting(config, "subtensor._mock") or network == "mock")
+            subtensor = MockSubtensor() if mock else connect()
         except Exception as e:
             raise ChainError(f"cannot connect to subtensor ({network}): {e}") from e
+        kwargs.setdefault("connect_writer", None if mock else connect)
         return cls(subtensor, int(netuid), **kwargs)
 
     def close(self) -> None:
         with self._lock:
             self.subtensor.close()
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
     def __repr__(self) -> str:
         return f"SubtensorChain({getattr(self.subtensor, 'network', '?')}, netuid={self.netuid})"
@@ -185,9 +205,9 @@ class SubtensorChain(Chain):
             return
         if self._own_commitment(hotkey) == data:
             return  # already published: re-sending would only spend the commitment rate limit
-        response = self._call(
+        response = self._write(
             "set_commitment",
-            self.subtensor.set_commitment,
+            lambda writer: writer.set_commitment,
             wallet,
             self.netuid,
             data,
@@ -216,20 +236,21 @@ class SubtensorChain(Chain):
 
     # --- weights ---------------------------------------------------------------------------------------------------
 
-    def set_weights(self, signer: Signer, uids: list[int], weights: list[float]) -> None:
+    def set_weights(self, signer: Signer, uids: list[int], weights: list[float], version_key: int = 0) -> None:
         check_weights(uids, weights)
         wallet = _wallet(signer)
         if self._mock is not None:
             self._call("set_weights", self._mock.set_weights, wallet.hotkey.ss58_address, list(uids), list(weights))
             return
-        response = self._call(
+        response = self._write(
             "set_weights",
-            self.subtensor.set_weights,
+            lambda writer: writer.set_weights,
             wallet,
             self.netuid,
             list(uids),
             [float(w) for w in weights],
-            max_attempts=1,  # one attempt per window: the SDK's own retries hold our connection lock for minutes
+            version_key=int(version_key),  # the run spec's, not the installed SDK's own version number
+            max_attempts=1,  # one attempt per window: the SDK's own retries would hold the connection for minutes
             wait_for_inclusion=True,
             wait_for_finalization=self._wait_for_finalization,
         )
@@ -237,6 +258,15 @@ class SubtensorChain(Chain):
             # The SDK returns a bare failure when it did not even try, e.g. within the weights rate limit.
             reason = response.message or "not sent (too soon after the last update? see weights_rate_limit)"
             raise ChainError(f"set_weights on netuid {self.netuid} failed: {reason}")
+
+    def weights_wait(self, uid: int) -> int:
+        if self._mock is not None:
+            return 0  # the mock keeps no rate limit
+        limit = self._call("weights_rate_limit", self.subtensor.weights_rate_limit, self.netuid)
+        since = self._call("blocks_since_last_update", self.subtensor.blocks_since_last_update, self.netuid, uid)
+        if limit is None or since is None:
+            return 0  # the SDK's answer for a subnet or uid it does not know: the write will say why
+        return max(0, int(limit) - int(since))
 
     def weights(self) -> dict[int, dict[int, float]]:
         if self._mock is not None:
@@ -252,10 +282,31 @@ class SubtensorChain(Chain):
     # --- plumbing --------------------------------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` under the connection lock; any failure becomes a ChainError."""
+        """A read: ``fn(*args, **kwargs)`` under the connection lock, tried up to ``read_attempts`` times; the last
+        failure becomes a ChainError."""
+        for attempt in range(1, self._read_attempts + 1):
+            try:
+                with self._lock:
+                    return fn(*args, **kwargs)
+            except ChainError:
+                raise
+            except Exception as e:
+                if attempt == self._read_attempts:
+                    raise ChainError(f"{what} failed ({attempt} attempt(s)): {type(e).__name__}: {e}") from e
+                time.sleep(self._read_backoff * attempt)
+        raise AssertionError("unreachable")
+
+    def _write(self, what: str, method: Callable[[Any], Callable[..., T]], *args: Any, **kwargs: Any) -> T:
+        """A write, once: ``method(connection)(*args, **kwargs)`` on the write connection (opened on first use)
+        under its own lock, so reads go on meanwhile; any failure becomes a ChainError."""
         try:
-            with self._lock:
-                return fn(*args, **kwargs)
+            with self._writer_lock:
+                if self._connect_writer is None:
+                    with self._lock:
+                        return method(self.subtensor)(*args, **kwargs)
+                if self._writer is None:
+                    self._writer = self._connect_writer()
+                return method(self._writer)(*args, **kwargs)
         except ChainError:
             raise
         except Exception as e:

@@ -153,8 +153,6 @@ class Swarm:
         v = self.ids["validators"][0]
         self._spawn("validator-0", ["-m", "mapreduce", "validator", "--bucket", v["bucket"], "--wallet.name", "validator0",
                                     "--state", str(self.dir / "validator-state.json"), *common,
-                                    # the local chain has no weights rate limit: weights every window, to watch
-                                    "--validator.scoring.weights_every", "1",
                                     *self._metrics_flags("validator-0")], env)
         for i in range(self.cfg.peers):
             self._spawn(f"peer-{i}", ["-m", "mapreduce", "peer", "--run-dir", str(self.dir), "--index", str(i)], env)

@@ -252,6 +252,15 @@ class SdkShaped:
     def weights(self, netuid):
         return [(0, [(1, 65535), (2, 21845)]), (1, []), (SimpleNamespace(value=2), [(SimpleNamespace(value=0), 100)])]
 
+    rate_limit: int | None = 100
+    last_update: dict[int, int] = {}
+
+    def weights_rate_limit(self, netuid):
+        return self.rate_limit
+
+    def blocks_since_last_update(self, netuid, uid):
+        return None if uid not in self.last_update else self.block - self.last_update[uid]
+
 
 def test_real_branch_mapping(tmp_path):
     sdk = SdkShaped()
@@ -274,9 +283,15 @@ def test_real_branch_mapping(tmp_path):
     assert sdk.read_at[-2:] == [("metagraph", 42), ("get_all_commitments", 42)]
     assert ("metagraph", None) in sdk.read_at  # and the head when no block is given
 
-    chain.set_weights(wallet, [0, 1], [1, 3])
+    chain.set_weights(wallet, [0, 1], [1, 3], version_key=7)
     assert sdk.sent[-1][1:3] == ([0, 1], [1.0, 3.0])
     assert sdk.sent[-1][3]["max_attempts"] == 1  # one attempt: the SDK's retries would hold the connection
+    assert sdk.sent[-1][3]["version_key"] == 7  # the run spec's, not the SDK's own version number
+
+    sdk.last_update = {0: 70}  # rate limit 100 blocks, last update 30 blocks ago
+    assert chain.weights_wait(0) == 70 and chain.weights_wait(1) == 0  # uid 1: the SDK knows no update
+    sdk.last_update = {0: 0}
+    assert chain.weights_wait(0) == 0
 
     sdk.fail_with = ExtrinsicResponse(False, "CommitmentSetRateLimitExceeded")
     with pytest.raises(ChainError, match="CommitmentSetRateLimitExceeded"):
@@ -286,8 +301,51 @@ def test_real_branch_mapping(tmp_path):
         chain.set_weights(wallet, [0], [1.0])
 
 
-def test_sdk_exceptions_become_chain_errors():
+def test_sdk_exceptions_become_chain_errors_after_the_read_attempts():
     sdk = SdkShaped()
+    calls = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConnectionError("websocket closed")
+        return 100
+
+    sdk.get_current_block = flaky  # type: ignore[method-assign]
+    chain = SubtensorChain(sdk, NETUID, read_backoff=0.01)  # type: ignore[arg-type]
+    assert chain.current_block() == 100 and len(calls) == 3  # a transient failure is retried
     sdk.get_current_block = lambda: (_ for _ in ()).throw(ConnectionError("websocket closed"))  # type: ignore
-    with pytest.raises(ChainError, match="websocket closed"):
-        SubtensorChain(sdk, NETUID).current_block()  # type: ignore[arg-type]
+    with pytest.raises(ChainError, match=r"websocket closed") as e:
+        chain.current_block()
+    assert "3 attempt(s)" in str(e.value)
+
+
+def test_writes_go_through_their_own_connection(tmp_path):
+    """A write waiting for inclusion holds its connection for a block or more; reads must go on meanwhile."""
+    reader, writer = SdkShaped(), SdkShaped()
+    inside, release = threading.Event(), threading.Event()
+    plain_set_weights = writer.set_weights
+
+    def slow_set_weights(*args, **kw):
+        inside.set()
+        release.wait(10)
+        return plain_set_weights(*args, **kw)
+
+    writer.set_weights = slow_set_weights  # type: ignore[method-assign]
+    opened = []
+    chain = SubtensorChain(reader, NETUID, connect_writer=lambda: opened.append(writer) or writer)  # type: ignore
+    wallet = make_wallet(tmp_path, "validator")
+    write = threading.Thread(target=chain.set_weights, args=(wallet, [0], [1.0]))
+    write.start()
+    try:
+        assert inside.wait(5)
+        read = threading.Thread(target=chain.current_block)
+        read.start()
+        read.join(2)
+        assert not read.is_alive()  # the read did not wait behind the write
+    finally:
+        release.set()
+        write.join(5)
+    chain.commit(wallet, "bucket")  # the commitment check reads on the reader, the write goes to the writer
+    assert opened == [writer]  # opened once, on the first write
+    assert [s[0] for s in writer.sent] == ["weights", "commit"] and reader.sent == []

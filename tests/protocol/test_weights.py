@@ -1,24 +1,64 @@
-"""Setting weights never stalls anything: one attempt when due, only with a validator permit, and by default no
-more often than the chain's default weights rate limit allows."""
+"""Setting weights never stalls anything: one attempt when due, only with a validator permit, only when the chain's
+weights rate limit allows it (read from the chain), with the run spec's version key."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import pytest
+
+from mapreduce.chain.base import ChainError
+from mapreduce.chain.stepped import SteppedChain
 from mapreduce.directory import BucketLocation
 from mapreduce.miner import Miner
 from mapreduce.peer import Peer
-from mapreduce.scoring import WEIGHTS_RATE_LIMIT_BLOCKS, ScoringConfig, weights_every_windows
+from mapreduce.scoring import ScoringConfig
 from mapreduce.validator import Validator, ValidatorConfig
 from mapreduce.wire.signing import Signer
 from tests.support.cluster import PUBLIC_KEYS, peer_gradients
 
 
-def test_the_default_cadence_spans_the_chain_rate_limit() -> None:
-    for blocks_per_window in (5, 10, 16, 100, 360):
-        every = weights_every_windows(ScoringConfig(), blocks_per_window)
-        assert every * blocks_per_window > WEIGHTS_RATE_LIMIT_BLOCKS
-        assert (every - 1) * blocks_per_window <= WEIGHTS_RATE_LIMIT_BLOCKS  # and not needlessly rarer
-    assert weights_every_windows(ScoringConfig(weights_every=2), 10) == 2
+def test_the_local_chain_keeps_the_rate_limit_and_the_version_as_subtensor_does(tmp_path) -> None:
+    chain = SteppedChain.create(tmp_path / "c.sqlite", netuid=1)
+    v = Signer.from_uri("//weights/v")
+    uid = chain.register(v.hotkey, stake=10.0, validator_permit=True)
+    chain.set_hyperparameters(weights_rate_limit=5, weights_version=7)
+    with pytest.raises(ChainError, match="IncorrectWeightVersionKey"):
+        chain.set_weights(v.keypair, [uid], [1.0], version_key=6)
+    assert chain.weights_wait(uid) == 0  # never set: nothing to wait for
+    chain.advance_to(10)
+    chain.set_weights(v.keypair, [uid], [1.0], version_key=7)
+    chain.advance_to(13)
+    assert chain.weights_wait(uid) == 2
+    with pytest.raises(ChainError, match="SettingWeightsTooFast"):
+        chain.set_weights(v.keypair, [uid], [1.0], version_key=7)
+    chain.advance_to(15)
+    assert chain.weights_wait(uid) == 0
+    chain.set_weights(v.keypair, [uid], [1.0], version_key=8)  # a newer version is accepted too
+
+
+async def test_a_validator_waits_out_the_rate_limit_without_trying(cluster_factory, tmp_path, caplog) -> None:
+    c = await cluster_factory(peers=0, miners=2, validators=1, segments=2, store="memory", stepped=True)
+    c.spec = dataclasses.replace(c.spec, weights_version=3)
+    miners = [await c.join("miners", i) for i in range(2)]
+    vnet = c.network(c.signers["validators"][0])
+    validator = Validator(vnet, c.bucket_of("validators", 0), tmp_path / "v.json")
+    assert validator.config.scoring.weights_every == 1  # by default as often as the chain allows
+    validator.board.ema = {m.hotkey: 0.5 for m in miners}
+    c.chain.set_hyperparameters(weights_rate_limit=25, weights_version=3)
+    window = await c.next_window()
+    c.chain.advance_to(c.spec.windows.phases(window).start_block)
+    vuid = next(n.uid for n in c.chain.neurons() if n.hotkey == vnet.hotkey)
+
+    assert await validator._set_weights(window)  # with the spec's version key, which the chain requires
+    assert set(c.chain.weights()[vuid]) == {n.uid for n in c.chain.neurons() if n.hotkey in validator.board.ema}
+    c.chain.advance_to(c.chain.current_block() + 16)
+    with caplog.at_level("INFO", logger="mapreduce.validator"):
+        assert not await validator._set_weights(window + 1)
+    assert any("allows it in 9 block(s)" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelname == "ERROR" for r in caplog.records)  # not tried: nothing was refused
+    c.chain.advance_to(c.chain.current_block() + 9)
+    assert await validator._set_weights(window + 2)
 
 
 async def test_a_validator_without_a_permit_does_not_try(cluster_factory, tmp_path, caplog) -> None:
