@@ -190,7 +190,15 @@ class SubtensorChain(Chain):
         if self._mock is not None:
             return self._call("neurons", self._mock.neurons)  # the mock keeps no history of its neurons
         mg = self._call("metagraph", self.subtensor.metagraph, self.netuid, lite=True, block=block)
-        rows = zip(_tolist(mg.uids), mg.hotkeys, _tolist(mg.S), _tolist(mg.validator_permit))
+        uids, hotkeys, stakes, permits = _tolist(mg.uids), list(mg.hotkeys), _tolist(mg.S), _tolist(mg.validator_permit)
+        if not len(uids) == len(hotkeys) == len(stakes) == len(permits):
+            # Metagraph.sync swallows a failed stake read (SubnetInfoRuntimeApi.get_subnet_state) and leaves S
+            # empty; zipping would then silently drop every neuron.
+            raise ChainError(
+                f"metagraph of netuid {self.netuid} is incomplete: {len(uids)} uids, {len(hotkeys)} hotkeys, "
+                f"{len(stakes)} stakes, {len(permits)} permits"
+            )
+        rows = zip(uids, hotkeys, stakes, permits)
         return sorted(
             (Neuron(int(uid), str(hotkey), float(stake), bool(permit)) for uid, hotkey, stake, permit in rows),
             key=lambda n: n.uid,
