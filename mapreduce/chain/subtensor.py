@@ -27,9 +27,15 @@ SDK: ``metagraph``/``neurons_lite`` crash (``NeuronInfo`` has no ``rank``), ``ge
 ``set_commitment``/``set_weights`` run the real extrinsic code against that ``MagicMock`` and store nothing, and its own
 ``commit``/``get_commitment`` mis-resolve the uid and only read back at the exact block. When handed a
 ``MockSubtensor``, this adapter therefore goes through :class:`_MockBridge`, which reads and writes the mock's own
-``chain_state`` (with the layout the mock itself uses) and its working ``neurons``/``query_subtensor``. Only the
-mapping code above the SDK is thus exercised by tests; the SDK calls in the table are not (see the report in
-``tests/chain/test_subtensor.py``).
+``chain_state`` (with the layout the mock itself uses) and its working ``neurons``/``query_subtensor``.
+
+The real-chain branch is tested apart (``tests/chain/test_subtensor_sdk.py``): every call in the table runs through the
+SDK's own code (``Subtensor``, its extrinsics, ``Metagraph``, the chain-data decoders, the substrate interface's
+``ExtrinsicReceipt``/``QueryMapResult``) down to ``Subtensor.substrate``, which is scripted with decoded values and
+records what the SDK sent. Not exercised by any test: the websocket/JSON-RPC transport, SCALE encoding and decoding
+against real runtime metadata (decoded shapes and call parameter names are scripted), the chain's own rules (rate
+limits, deposits, validator permits, commit-reveal timing and the reveal: scripted outcomes, not computed ones), the
+SDK's MEV-shield submission path (taken when ``BT_MEV_PROTECTION`` is set) and connecting to an endpoint.
 
 The sync SDK talks over one websocket and is not thread-safe, so every SDK call holds its connection's lock. A
 write waits for inclusion (and finalization if asked), holding its connection meanwhile, so writes go through a

@@ -1,10 +1,17 @@
 """SubtensorChain against the SDK's in-process MockSubtensor, plus its real-chain mapping code on SDK-shaped values.
 
-Not covered by any test here, because it needs a real chain (a local subtensor node or testnet):
-- the SDK calls themselves: ``get_current_block``, ``get_block_hash``, ``get_timestamp``, ``metagraph``,
-  ``get_commitment_metadata``/``set_commitment``, ``get_all_commitments``, ``set_weights``, ``weights``;
-- the chain's own rules: commitment rate limit and deposit, weights rate limit, commit-reveal, min allowed weights,
-  validator permits computed from stake, state pruning on lite nodes (``get_timestamp`` of old blocks);
+The real-chain branch through the SDK's own code, down to a scripted substrate interface, is tested in
+``tests/chain/test_subtensor_sdk.py``: ``get_current_block``, ``get_block_hash``, ``get_timestamp``,
+``metagraph(lite=True)``, ``get_commitment_metadata``/``set_commitment``, ``get_all_commitments``, ``set_weights``
+(direct, within the rate limit, commit-reveal, dispatch error, rejected by the pool) and ``weights``.
+
+Not covered by any test, because it needs a real chain (a local subtensor node or testnet):
+- the websocket/JSON-RPC transport and SCALE encoding/decoding against real runtime metadata (the SDK tests script
+  decoded values and the call parameter names);
+- the chain's own rules: commitment rate limit and deposit, weights rate limit, commit-reveal timing and the reveal,
+  min allowed weights, validator permits computed from stake, state pruning on lite nodes (``get_timestamp`` of old
+  blocks); the SDK tests script their outcomes only;
+- the SDK's MEV-shield submission path (taken when ``BT_MEV_PROTECTION`` is set);
 - ``from_config`` connecting to a network endpoint.
 """
 from __future__ import annotations
