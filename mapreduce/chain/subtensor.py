@@ -9,7 +9,8 @@ finalized_block     ``Subtensor.substrate.get_chain_finalised_head`` (RPC ``chai
 block_hash          ``Subtensor.get_block_hash(block)``
 block_timestamp     ``Subtensor.get_timestamp(block)``: the ``Timestamp.Now`` storage at that block, i.e. the
                     time its block author put in the block's timestamp inherent (ms precision). State older than
-                    ~300 blocks is pruned on lite nodes, so old blocks need an archive endpoint.
+                    ~256 blocks is pruned on lite nodes: those go to ``--subtensor.archive_endpoint`` (a
+                    connection of its own, used for nothing else); final blocks' timestamps are kept
 neurons             ``Subtensor.metagraph(netuid, lite=True, block=block)``: ``uids``, ``hotkeys``, ``S`` (stake
                     weight), ``validator_permit``; ``block`` None: the head
 commit              ``Subtensor.set_commitment`` (skipped when the hotkey's commitment already equals the data,
@@ -51,6 +52,7 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from async_substrate_interface.errors import StateDiscardedError
 import bittensor as bt
 from bittensor.core.chain_data.utils import decode_metadata
 from bittensor.core.settings import BLOCKTIME, DEFAULTS
@@ -91,6 +93,7 @@ class SubtensorChain(Chain):
         connect_writer: Callable[[], Any] | None = None,
         read_attempts: int = 3,
         read_backoff: float = 1.0,
+        connect_archive: Callable[[], Any] | None = None,
     ):
         """Wrap a connected ``bittensor.Subtensor`` (or a ``MockSubtensor``) for subnet ``netuid``.
 
@@ -99,7 +102,8 @@ class SubtensorChain(Chain):
         every write then uses, so reads never wait behind a write's inclusion (without it, writes share the
         reading connection and its lock). A read that fails is tried ``read_attempts`` times in all,
         ``read_backoff`` x 1, 2... seconds apart: a dropped websocket or a node restarting is not the end of the
-        process.
+        process. ``connect_archive`` opens, on first need, a connection to an archive node for block timestamps
+        a lite node no longer keeps (it answers "State already discarded" for blocks more than ~256 back).
         """
         self.subtensor = subtensor
         self.netuid = int(netuid)
@@ -112,6 +116,11 @@ class SubtensorChain(Chain):
         self._writer_lock = threading.RLock()
         self._read_attempts = max(1, int(read_attempts))
         self._read_backoff = read_backoff
+        self._connect_archive = connect_archive if self._mock is None else None
+        self._archive: Any = None
+        self._archive_lock = threading.RLock()
+        self._final_seen = -1  # the highest finalized block read so far: the timestamps up to it never change
+        self._timestamps: dict[int, float] = {}
 
     # --- construction from the command line ------------------------------------------------------------------------
 
@@ -119,10 +128,15 @@ class SubtensorChain(Chain):
     def add_args(parser: argparse.ArgumentParser) -> None:
         """Add ``--subtensor.network``, ``--subtensor.chain_endpoint``, ``--subtensor._mock`` and ``--netuid``."""
         bt.Subtensor.add_args(parser)
-        try:
-            parser.add_argument("--netuid", type=int, default=1, help="Subnet uid.")
-        except argparse.ArgumentError:
-            pass  # the caller added it already
+        for flag, kw in (("--netuid", dict(type=int, default=1, help="Subnet uid.")),
+                         ("--subtensor.archive_endpoint", dict(default=None, metavar="URL", help=(
+                             "an archive node (e.g. wss://archive.chain.opentensor.ai:443) for the timestamps of "
+                             "blocks a lite node no longer keeps (more than ~256 blocks back); used only for "
+                             "those")))):
+            try:
+                parser.add_argument(flag, **kw)
+            except argparse.ArgumentError:
+                pass  # the caller added it already
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> "SubtensorChain":
@@ -148,15 +162,19 @@ class SubtensorChain(Chain):
         except Exception as e:
             raise ChainError(f"cannot connect to subtensor ({network}): {e}") from e
         kwargs.setdefault("connect_writer", None if mock else connect)
+        archive = _setting(config, "subtensor.archive_endpoint")
+        if archive and not mock:
+            kwargs.setdefault("connect_archive", lambda: bt.Subtensor(network=archive))
         return cls(subtensor, int(netuid), **kwargs)
 
     def close(self) -> None:
         with self._lock:
             self.subtensor.close()
-        with self._writer_lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+        for lock, name in ((self._writer_lock, "_writer"), (self._archive_lock, "_archive")):
+            with lock:
+                if getattr(self, name) is not None:
+                    getattr(self, name).close()
+                    setattr(self, name, None)
 
     def __repr__(self) -> str:
         return f"SubtensorChain({getattr(self.subtensor, 'network', '?')}, netuid={self.netuid})"
@@ -171,7 +189,9 @@ class SubtensorChain(Chain):
             return self.current_block()  # the mock has no forks
         substrate = self.subtensor.substrate
         head = self._call("chain_getFinalizedHead", substrate.get_chain_finalised_head)
-        return int(self._call("get_block_number", substrate.get_block_number, head))
+        final = int(self._call("get_block_number", substrate.get_block_number, head))
+        self._final_seen = max(self._final_seen, final)
+        return final
 
     def block_hash(self, block: int) -> str:
         self._check_past(block)
@@ -185,10 +205,34 @@ class SubtensorChain(Chain):
         self._check_past(block)
         if self._mock is not None:
             return self._mock.timestamp(block)
-        when = self._call(
-            "get_timestamp (blocks older than ~300 need an archive node)", self.subtensor.get_timestamp, block
-        )
-        return when.timestamp()
+        known = self._timestamps.get(block)
+        if known is not None:
+            return known
+        try:
+            stamp = self._call("get_timestamp", self.subtensor.get_timestamp, block).timestamp()
+        except ChainError as e:
+            if not _state_discarded(e):
+                raise
+            if self._connect_archive is None:
+                raise ChainError(f"{e}; block {block} is older than this node keeps: set "
+                                 f"--subtensor.archive_endpoint to an archive node") from e
+            stamp = self._archive_timestamp(block)
+            self._final_seen = max(self._final_seen, block)  # pruned state is long final
+        if block <= self._final_seen:
+            if len(self._timestamps) >= 4096:
+                self._timestamps.pop(min(self._timestamps))
+            self._timestamps[block] = stamp
+        return stamp
+
+    def _archive_timestamp(self, block: int) -> float:
+        try:
+            with self._archive_lock:
+                if self._archive is None:
+                    self._archive = self._connect_archive()
+                return self._archive.get_timestamp(block).timestamp()
+        except Exception as e:
+            raise ChainError(f"get_timestamp of block {block} from the archive node failed: "
+                             f"{type(e).__name__}: {e}") from e
 
     # --- neurons and commitments -----------------------------------------------------------------------------------
 
@@ -305,7 +349,7 @@ class SubtensorChain(Chain):
             except ChainError:
                 raise
             except Exception as e:
-                if attempt == self._read_attempts:
+                if attempt == self._read_attempts or _state_discarded(e):  # pruned state will not come back
                     raise ChainError(f"{what} failed ({attempt} attempt(s)): {type(e).__name__}: {e}") from e
                 time.sleep(self._read_backoff * attempt)
         raise AssertionError("unreachable")
@@ -325,6 +369,16 @@ class SubtensorChain(Chain):
             raise
         except Exception as e:
             raise ChainError(f"{what} failed: {type(e).__name__}: {e}") from e
+
+
+def _state_discarded(e: BaseException) -> bool:
+    """Whether a lite node answered that it no longer keeps that block's state (the substrate interface raises
+    ``StateDiscardedError`` or passes the node's text on)."""
+    while e is not None:
+        if isinstance(e, StateDiscardedError) or "State already discarded" in str(e) or "State discarded" in str(e):
+            return True
+        e = e.__cause__
+    return False
 
 
 def _wallet(signer: Signer) -> Any:

@@ -171,6 +171,7 @@ class ScriptedSubstrate:
     """The substrate of a chain at block ``head``; tests fill in storage, maps and runtime-call answers."""
 
     head: int = 1000
+    finalized: int | None = None  # the finalized head; None: the head itself
     # (module, storage, params) -> value, or a function of the block number queried at.
     storage: dict[tuple[str, str, tuple], Any] = field(default_factory=dict)
     # (module, storage, params) -> [[key, value], ...]
@@ -227,6 +228,10 @@ class ScriptedSubstrate:
     def get_block_number(self, block_hash: str | None = None) -> int:
         self._record("get_block_number", block_hash=block_hash)
         return self.block_of(block_hash)
+
+    def get_chain_finalised_head(self) -> str:
+        self._record("get_chain_finalised_head")
+        return block_hash_of(self.head if self.finalized is None else self.finalized)
 
     def get_chain_head(self) -> str:
         self._record("get_chain_head")

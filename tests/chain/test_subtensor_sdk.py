@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from async_substrate_interface.errors import SubstrateRequestException
 from bittensor.core.chain_data import SelectiveMetagraphIndex
-from bittensor.core.settings import DEFAULT_MEV_PROTECTION, DEFAULT_PERIOD, version_as_int
+from bittensor.core.settings import DEFAULT_MEV_PROTECTION, DEFAULT_PERIOD
 from bittensor_wallet import Keypair, Wallet
 
 from mapreduce.chain import ChainError, Neuron
@@ -210,8 +210,38 @@ def test_block_timestamp_of_pruned_state(chain: SubtensorChain, substrate: Scrip
         )
 
     substrate.storage[("Timestamp", "Now", ())] = pruned
-    with pytest.raises(ChainError, match="get_timestamp .*archive node.* failed: .*State already discarded"):
+    with pytest.raises(ChainError, match="State already discarded.*set --subtensor.archive_endpoint"):
         chain.block_timestamp(5)
+    assert len(substrate.calls("query")) == 1  # pruned state does not come back: not retried
+
+
+def test_old_timestamps_come_from_the_archive_node_and_final_ones_are_kept(wallets: list[Wallet]) -> None:
+    lite, archive = ScriptedSubstrate(head=HEAD), ScriptedSubstrate(head=HEAD)
+    for sub in (lite, archive):
+        script_subnet(sub, wallets)
+    lite.finalized = HEAD - 2
+
+    def pruned(block: int) -> int:
+        if block < HEAD - 256:
+            raise SubstrateRequestException(
+                {"code": 4003, "message": f"Client error: State already discarded for {block_hash_of(block)}"})
+        return 1_700_000_000_000 + 12_000 * block
+
+    lite.storage[("Timestamp", "Now", ())] = pruned
+    archive.storage[("Timestamp", "Now", ())] = lambda block: 1_700_000_000_000 + 12_000 * block
+    opened = []
+    chain = SubtensorChain(ScriptedSubtensor(lite), NETUID,
+                           connect_archive=lambda: opened.append(1) or ScriptedSubtensor(archive))
+    assert chain.block_timestamp(5) == 1_700_000_000 + 60 and opened == [1]
+    assert chain.block_timestamp(5) == 1_700_000_000 + 60  # kept: asked of neither node again
+    assert len(lite.calls("query")) == len(archive.calls("query")) == 1
+    assert chain.finalized_block() == HEAD - 2
+    assert lite.calls("get_chain_finalised_head") == [{}]
+    # Recent blocks are the lite node's; a final one is kept, one near the head (a reorg may replace it) is not.
+    for block in (HEAD - 2, HEAD - 2, HEAD, HEAD):
+        assert chain.block_timestamp(block) == 1_700_000_000 + 12 * block
+    assert [q["block"] for q in lite.calls("query")][1:] == [HEAD - 2, HEAD, HEAD]
+    assert len(archive.calls("query")) == 1 and opened == [1]
 
 
 def test_neurons_through_metagraph_lite(
@@ -343,7 +373,7 @@ def test_set_weights(chain: SubtensorChain, substrate: ScriptedSubstrate, wallet
     hotkey = validator.hotkey.ss58_address
     substrate.nonces[hotkey] = 7
     substrate.outcomes.append(succeed)
-    chain.set_weights(validator, [1, 2], [0.25, 0.75])
+    chain.set_weights(validator, [1, 2], [0.25, 0.75], version_key=42)
 
     # The SDK checked who the signer is, whether commit-reveal is on and the rate limit, at the head.
     queried = substrate.queried()
@@ -355,7 +385,8 @@ def test_set_weights(chain: SubtensorChain, substrate: ScriptedSubstrate, wallet
             "call_module": "SubtensorModule",
             "call_function": "set_mechanism_weights",
             "call_params": {
-                "netuid": NETUID, "mecid": 0, "dests": [1, 2], "weights": [21845, 65535], "version_key": version_as_int,
+                # the run spec's version key, not the SDK's own version_as_int
+                "netuid": NETUID, "mecid": 0, "dests": [1, 2], "weights": [21845, 65535], "version_key": 42,
             },
         }
     ]
@@ -433,3 +464,12 @@ def test_set_weights_commit_reveal(chain: SubtensorChain, substrate: ScriptedSub
     assert ("SubnetInfoRuntimeApi", "get_subnet_hyperparams_v3") in [
         (c["api"], c["method"]) for c in substrate.calls("runtime_call")
     ]
+
+
+def test_weights_wait_reads_the_rate_limit_and_the_last_update(chain: SubtensorChain,
+                                                              substrate: ScriptedSubstrate) -> None:
+    # The validator asks this before each attempt, so it never sends weights the chain would refuse for the limit.
+    substrate.storage[("SubtensorModule", "LastUpdate", (NETUID,))] = [HEAD - 30, HEAD - RATE_LIMIT - 1, 0]
+    assert [chain.weights_wait(uid) for uid in range(3)] == [RATE_LIMIT - 30, 0, 0]
+    assert ("SubtensorModule", "WeightsSetRateLimit") in substrate.queried()
+    assert ("SubtensorModule", "LastUpdate") in substrate.queried()
