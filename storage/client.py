@@ -367,6 +367,8 @@ class ObjectStore:
                     return
                 if code == "BucketAlreadyExists" and await self._bucket_exists(bucket):
                     return  # some stores say "exists" to its owner too; we can use it, which is what counts
+                if code == "AccessDenied" and await self._bucket_listable(bucket):
+                    return  # a key scoped to an existing bucket may not create buckets (R2's bucket tokens)
                 raise
 
         await self._call("CreateBucket", bucket, None, attempt)
@@ -379,6 +381,15 @@ class ObjectStore:
             if client_error_fields(exc)[1] == 404:
                 return False
             raise
+        return True
+
+    async def _bucket_listable(self, bucket: str) -> bool:
+        """One raw ListObjectsV2 of at most one key: whether the bucket exists and our key may list it (S3 answers
+        HeadBucket only with s3:ListBucket, which some stores then still refuse; the listing is the real test)."""
+        try:
+            await self._client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except ClientError:
+            return False
         return True
 
     # -- writes ----------------------------------------------------------------------------------------------------

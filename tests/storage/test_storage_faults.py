@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 
+import boto3
 import numpy as np
 import pytest
 
@@ -240,3 +242,32 @@ async def test_wrong_credentials_raise_access_denied_without_secrets(authenticat
     assert exc.value.code == "InvalidAccessKeyId" and exc.value.status == 403
     for text in (str(exc.value), repr(exc.value), str(exc.value.__cause__)):
         assert SECRET not in text and "AKIANOTAREALKEY12345" not in text
+
+
+def test_a_key_scoped_to_an_existing_bucket_can_start_without_creating_it() -> None:
+    """Roles create their bucket at every start. A key allowed only objects in one existing bucket (Cloudflare R2's
+    bucket-scoped tokens, an IAM user with an object policy) is refused CreateBucket: that must not stop the role
+    when the bucket is there and the key can use it; a bucket it cannot use still fails."""
+    # moto lets the first 4 requests through unauthenticated (the set-up below), then checks every request.
+    with EmbeddedS3(env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as s3:
+        admin = dict(endpoint_url=s3.endpoint_url, region_name="us-east-1", aws_access_key_id="setup",
+                     aws_secret_access_key="setup")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="scoped")
+        key = iam.create_access_key(UserName="scoped")["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"],
+            "Resource": ["arn:aws:s3:::scoped-bucket", "arn:aws:s3:::scoped-bucket/*"]}]}
+        iam.put_user_policy(UserName="scoped", PolicyName="objects", PolicyDocument=json.dumps(policy))
+        boto3.client("s3", **admin).create_bucket(Bucket="scoped-bucket")
+
+        async def start() -> None:
+            cfg = S3Config(s3.endpoint_url, "us-east-1", key["AccessKeyId"], key["SecretAccessKey"], "path")
+            async with ObjectStore(cfg, FAST, PATIENT) as store:
+                await store.create_bucket("scoped-bucket")  # refused, and fine: the bucket is there and ours to use
+                await store.put("scoped-bucket", "k", b"v")
+                assert await store.get("scoped-bucket", "k") == b"v"
+                with pytest.raises(AccessDenied):
+                    await store.create_bucket("another-bucket")  # not there: the refusal stands
+
+        asyncio.run(start())
