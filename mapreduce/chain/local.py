@@ -334,15 +334,20 @@ class LocalChain(Chain):
                         raise ChainError(f"{key} must be an integer >= 0, got {value!r}")
                     conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
 
+    def _one(self, conn: sqlite3.Connection | None, sql: str, params: tuple) -> tuple | None:
+        """The first row of a query: inside the caller's transaction (``conn``), or on its own (None)."""
+        if conn is not None:
+            return conn.execute(sql, params).fetchone()
+        rows = self._read(sql, params)
+        return rows[0] if rows else None
+
     def _hyperparameter(self, conn: sqlite3.Connection | None, key: str) -> int:
-        query = "SELECT value FROM meta WHERE key = ?"
-        row = conn.execute(query, (key,)).fetchone() if conn is not None else next(iter(self._read(query, (key,))), None)
+        row = self._one(conn, "SELECT value FROM meta WHERE key = ?", (key,))
         return int(row[0]) if row else 0
 
     def _weights_wait(self, conn: sqlite3.Connection | None, uid: int, block: int) -> int:
         limit = self._hyperparameter(conn, "weights_rate_limit")
-        query = "SELECT block FROM weights WHERE uid = ?"
-        row = conn.execute(query, (uid,)).fetchone() if conn is not None else next(iter(self._read(query, (uid,))), None)
+        row = self._one(conn, "SELECT block FROM weights WHERE uid = ?", (uid,))
         return 0 if row is None else max(0, limit - (block - int(row[0])))
 
     def weights_wait(self, uid: int) -> int:
