@@ -17,13 +17,14 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Literal
 
+from . import _moto_patches
+from ._moto_patches import patch_moto  # noqa: F401 - the name tests and users know
 from .config import MiB, S3Config, TransferConfig
 
 __all__ = ["EmbeddedS3"]
@@ -31,31 +32,11 @@ __all__ = ["EmbeddedS3"]
 Mode = Literal["subprocess", "thread"]
 
 
-def patch_moto() -> None:
-    """Fix a race in moto: it hashes an object for its ETag lazily, on the first request that needs it, seeking and
-    reading the object's spooled file without the key's lock. A GET of the same object (which reads that file under
-    the lock) or a second concurrent listing moves the shared file position mid-hash, and a wrong ETag is cached:
-    seen as objects "overwritten" (their listed ETag changes) and as If-Match reads failing, whenever clients list
-    a prefix while a large object in it is being written. Hash under the key's lock instead. Idempotent.
-    """
-    from moto.s3 import models
-
-    etag = models.FakeKey.etag
-    if getattr(etag.fget, "_locked", False):
-        return
-
-    def locked(self):  # noqa: ANN001, ANN202 - also runs as source in the child, before any import of ours
-        with self.lock:  # the lock `value` takes; etag never runs under it, so this cannot deadlock
-            return etag.fget(self)
-
-    locked._locked = True
-    models.FakeKey.etag = property(locked)
-
-
-# Runs in the child: the patch above, moto's own entry point, and a watchdog that exits when the parent is gone.
-_CHILD = textwrap.dedent(inspect.getsource(patch_moto)) + """
-patch_moto()
+# Runs in the child: our patches (the module's source: no import of ours there), moto's own entry point, and a
+# watchdog that exits when the parent is gone. argv: parent pid, speedups (0/1), request log (0/1), moto's arguments.
+_CHILD = inspect.getsource(_moto_patches) + """
 import os, sys, threading, time
+patch_moto(speedups=sys.argv[2] == "1", request_log=sys.argv[3] == "1")
 parent = int(sys.argv[1])
 def watch():
     while os.getppid() == parent:
@@ -63,7 +44,7 @@ def watch():
     os._exit(0)
 threading.Thread(target=watch, daemon=True).start()
 from moto.server import main
-main(sys.argv[2:])
+main(sys.argv[4:])
 """
 
 
@@ -78,6 +59,8 @@ class EmbeddedS3:
 
     ``env`` adds environment variables for the subprocess (e.g. ``{"INITIAL_NO_AUTH_ACTION_COUNT": "0"}`` makes
     moto check credentials); ``log_file`` receives the server's request log (discarded by default).
+    ``speedups=False`` leaves out the patches in `storage._moto_patches` that only make moto faster (the fixes stay
+    in); it exists to measure them, and only in mode ``"subprocess"`` (a patch applied to a process stays).
     """
 
     def __init__(
@@ -89,17 +72,21 @@ class EmbeddedS3:
         startup_timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
         log_file: str | os.PathLike[str] | None = None,
+        speedups: bool = True,
     ) -> None:
         if mode not in ("subprocess", "thread"):
             raise ValueError(f"mode must be 'subprocess' or 'thread', got {mode!r}")
         if env and mode == "thread":
             raise ValueError("env only applies to mode='subprocess'")
+        if not speedups and mode == "thread":
+            raise ValueError("speedups=False only applies to mode='subprocess'")
         self.mode = mode
         self.host = host
         self.port = port
         self.startup_timeout = startup_timeout
         self._env = dict(env or {})
         self._log_file = log_file
+        self.speedups = speedups
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread_server = None
 
@@ -133,9 +120,10 @@ class EmbeddedS3:
     def transfer_config() -> TransferConfig:
         """A `TransferConfig` tuned (by `bench.storage` measurements) for moto rather than for S3 or R2.
 
-        moto copies the whole object to answer each ranged GET and copies every part again to complete a multipart
-        upload, so splitting an object only adds work there; one request per object is fastest. Against S3/R2,
-        whose per-connection throughput is capped, keep the defaults.
+        moto copies every part again to complete a multipart upload and (before `storage._moto_patches`, when this
+        was measured) copied the whole object to answer each ranged GET, so splitting an object only adds work
+        there; one request per object is fastest. Against S3/R2, whose per-connection throughput is capped, keep
+        the defaults.
         """
         return TransferConfig(multipart_threshold=5 * 1024 * MiB, ranged_get_threshold=5 * 1024 * MiB)
 
@@ -165,7 +153,8 @@ class EmbeddedS3:
         out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(os.getpid()), "-H", self.host, "-p", str(self.port)],
+                [sys.executable, "-c", _CHILD, str(os.getpid()), "1" if self.speedups else "0",
+                 "1" if self._log_file else "0", "-H", self.host, "-p", str(self.port)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
