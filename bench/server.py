@@ -1,0 +1,117 @@
+"""The embedded S3 server's own costs, with moto's code as it ships (the baseline) and with the project's patches
+(`storage/_moto_patches.py`), in one run:
+
+    python -m bench.server [--runs N]
+
+Each variant runs ``--runs`` times, alternating (patched, unpatched, patched, ...), and the medians count. Both use
+the project's own client (`ObjectStore` with `EmbeddedS3.transfer_config()`), 4 requests in flight, the server in a
+subprocess on 127.0.0.1; the server's CPU time is read from /proc. Three workloads:
+
+1. PUT 64 objects of 16 MiB;
+2. 200 ranged GETs of 16 KiB at random offsets of 4 objects of 32 MiB (what audits and validators do);
+3. 200 PUT + GET pairs of 4 KiB objects: the server's CPU per request.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage import EmbeddedS3, ObjectStore
+
+from .table import Row, print_table
+
+MiB = 1024 * 1024
+_TICK = os.sysconf("SC_CLK_TCK")
+IN_FLIGHT = 4
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (fields 14 and 15 of /proc/pid/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+@dataclass(frozen=True)
+class Costs:
+    put_seconds: float
+    put_cpu: float
+    ranged_seconds: float
+    ranged_cpu: float
+    small_cpu_ms: float  # server CPU per small request
+
+
+async def _measure(speedups: bool) -> Costs:
+    with EmbeddedS3(speedups=speedups) as s3:
+        pid = s3._proc.pid
+        async with ObjectStore(s3.config(), EmbeddedS3.transfer_config()) as store:
+            await store.create_bucket("bench-server")
+            gate = asyncio.Semaphore(IN_FLIGHT)
+
+            async def bounded(work):
+                async with gate:
+                    return await work
+
+            async def timed(works) -> tuple[float, float]:
+                cpu, started = _cpu_seconds(pid), time.perf_counter()
+                await asyncio.gather(*(bounded(w) for w in works))
+                return time.perf_counter() - started, _cpu_seconds(pid) - cpu
+
+            body = np.random.default_rng(1).bytes(16 * MiB)
+            put_s, put_cpu = await timed(store.put("bench-server", f"p/{i}", body) for i in range(64))
+
+            big = np.random.default_rng(2).bytes(32 * MiB)
+            for j in range(4):
+                await store.put("bench-server", f"g/{j}", big)
+            rng, n = random.Random(0), 16 * 1024
+            reads = [(f"g/{rng.randrange(4)}", rng.randrange(len(big) - n)) for _ in range(200)]
+
+            async def ranged(key: str, offset: int) -> None:
+                if await store.get_range("bench-server", key, offset, offset + n) != big[offset:offset + n]:
+                    raise AssertionError(f"wrong bytes for {key} at {offset}")
+
+            ranged_s, ranged_cpu = await timed(ranged(k, o) for k, o in reads)
+
+            async def small(i: int) -> None:
+                await store.put("bench-server", f"s/{i}", b"x" * 4096)
+                await store.get("bench-server", f"s/{i}")
+
+            _, small_cpu = await timed(small(i) for i in range(200))
+    return Costs(put_s, put_cpu, ranged_s, ranged_cpu, small_cpu / 400 * 1e3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each variant, alternating (default 3)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    runs: dict[bool, list[Costs]] = {True: [], False: []}
+    for _ in range(args.runs):
+        for speedups in (True, False):
+            runs[speedups].append(asyncio.run(_measure(speedups)))
+
+    def med(speedups: bool, attr: str) -> float:
+        return statistics.median(getattr(c, attr) for c in runs[speedups])
+
+    rows = []
+    for attr, label, unit in (("put_seconds", "PUT 64 x 16 MiB, wall", "s"), ("put_cpu", "PUT 64 x 16 MiB, server CPU", "s"),
+                              ("ranged_seconds", "200 ranged GETs of 16 KiB, wall", "s"),
+                              ("ranged_cpu", "200 ranged GETs of 16 KiB, server CPU", "s"),
+                              ("small_cpu_ms", "server CPU per small request", "ms")):
+        rows.append(Row(label, med(True, attr), med(False, attr), unit=unit, higher_is_better=False,
+                        note="patched vs moto as it ships"))
+    print_table(rows, title=f"embedded S3 server: patched vs moto's own code, medians of {args.runs} alternating runs, "
+                            f"{IN_FLIGHT} in flight, {time.perf_counter() - started:.0f} s")
+    cpu = {r.label: r.ratio for r in rows}
+    print(f"summary: server CPU with the patches, less by PUT {cpu['PUT 64 x 16 MiB, server CPU']:.1f}x, "
+          f"ranged GET {cpu['200 ranged GETs of 16 KiB, server CPU']:.1f}x, "
+          f"per small request {cpu['server CPU per small request']:.1f}x")
+
+if __name__ == "__main__":
+    main()
