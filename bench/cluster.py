@@ -86,7 +86,8 @@ class BenchCluster:
         return c
 
     def bucket_of(self, role: str, i: int) -> str:
-        return f"{self.spec.run_id}-{role}-{i}".lower()
+        # Short (e.g. "...-p3"): the bucket, the server's endpoint and the published keys share 128 bytes on chain.
+        return f"{self.spec.run_id}-{role[0]}{i}".lower()
 
     def peers(self, config: PeerConfig = PeerConfig()) -> list[Peer]:
         return [Peer(n, self.bucket_of("peers", i), config) for i, n in enumerate(self.nets["peers"])]
