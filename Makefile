@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # gigabytes of NVIDIA packages); the default index when the machine has one, or when the CPU index is unreachable.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-baselines install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,29 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The other systems `python -m bench` compares with, in their own virtualenv so that they never enter the project's
+# requirements: torch exactly as requirements.txt pins it (CPU build, as above), then hivemind. The bench runs
+# bench/hivemind_round.py under $(BASELINES)/bin/python and reports "skipped" when this venv is absent.
+BASELINES := .venv-baselines
+HIVEMIND ?= hivemind==1.1.12
+
+$(BASELINES)/.installed: requirements.txt
+	test -x $(BASELINES)/bin/python || $(PY) -m venv $(BASELINES)
+	@torch="$$(grep -E '^torch==' requirements.txt)"; \
+	if ! command -v nvidia-smi >/dev/null 2>&1 && $(BASELINES)/bin/python -c "import urllib.request as u; \
+	    u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null; then \
+	  echo "no NVIDIA GPU: $$torch from PyTorch's CPU-only index"; \
+	  $(BASELINES)/bin/pip install --quiet --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple "$$torch"; \
+	else \
+	  echo "$$torch from the default index"; \
+	  $(BASELINES)/bin/pip install --quiet "$$torch"; \
+	fi
+	$(BASELINES)/bin/pip install --quiet "$(HIVEMIND)"
+	$(BASELINES)/bin/python -c "import hivemind; print('hivemind', hivemind.__version__)"
+	touch $@
+
+bench-baselines: $(BASELINES)/.installed
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,18 +1,23 @@
 """The benchmark suite: one table, every figure next to a baseline measured in the same run, then a summary line.
 
-    python -m bench [--quick] [--reps N] [--no-gloo]
+    python -m bench [--quick] [--reps N] [--no-gloo] [--no-hivemind] [--diagnostics]
 
 On the embedded S3 server (moto, subprocess, 127.0.0.1), in this order:
 
-1. the server's raw rates (plain boto3, concurrent PUT then GET) for each window's input size;
-2. window rounds (`bench.window`) for P=4 x 64 MiB and P=8 x 16 MiB in fp32, and P=4 x 64 MiB in bf16: the
-   round time against the server limit (the bytes the protocol must move / the raw rates) and against gloo;
+1. the server's raw rates (boto3 configured as the project's client, concurrent PUT then GET) for each window's
+   input size;
+2. window rounds (`bench.window`) for P=4 x 64 MiB, P=8 x 32 MiB and P=16 x 16 MiB in fp32, and P=4 x 64 MiB in
+   bf16: the round time against the server limit (the bytes the protocol must move / the raw rates), against the
+   naive all-gather through the same server with plain boto3 (`bench.naive`: every peer PUTs its gradient and GETs
+   everyone else's), against hivemind 1.1.12's averaging (`bench/hivemind_round.py`, in the separate
+   ``.venv-baselines`` that ``make bench-baselines`` builds; "skipped" without it) and against gloo;
 3. the miner's reduce: the add alone and the in-memory per-input path (`bench.reduce`), and the whole path in a
    miner process (`bench.miner_proc`), each against torch's memory-copy bandwidth;
 4. the validator's bytes fetched per byte of output it validated (from the window rounds);
 5. the peak RSS of one miner process with P = 4, 16, 32 inputs of a 64 MiB segment.
 
 ``--quick`` runs the same on a quarter of the data (16 MiB segments for the RSS runs) with one repetition.
+``--diagnostics`` adds P=4 x 64 MiB with the peers' spot checks off (what the audits cost on moto).
 
 The other benchmarks run on their own: ``python -m bench.storage`` (the storage layer against plain boto3, and the
 codec) and ``python -m bench.scale`` (requests and bytes per role and window at scale, against the formulas of
@@ -30,8 +35,9 @@ from pathlib import Path
 
 from storage import EmbeddedS3
 
-from .baselines import ServerRates, gloo_allreduce_seconds, server_rates
+from .baselines import Hivemind, ServerRates, gloo_allreduce_seconds, hivemind_averaging, server_rates
 from .miner_proc import miner_window
+from .naive import NaiveResult, naive_allgather
 from .reduce import reduce_rates
 from .table import Row, print_table
 from .window import WindowCase, WindowTiming, window_timings
@@ -39,13 +45,24 @@ from .window import WindowCase, WindowTiming, window_timings
 MiB = 1024 * 1024
 
 
-def _cases(quick: bool) -> list[WindowCase]:
+def _cases(quick: bool, diagnostics: bool = False) -> list[WindowCase]:
+    """The same 256 MiB of gradients over P = 4, 8, 16 peers, so the crossover with the all-gather shows.
+
+    Miners: a quarter of the peers (at least 2 for redundancy 2), as in docs/SCALING.md's projection (P = 256, M =
+    64); segments: as many as miners, so that each miner holds 2 segments (S r / M) in every case."""
     scale = 4 if quick else 1
-    return [WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2),
-            WindowCase(8, 16 // scale, segments=2, miners=2, redundancy=2),
-            WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, wire_dtype="bfloat16"),
-            # diagnostic: what the peers' audits cost on this server (each ranged GET reads the whole object)
-            WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, spot_check=False)]
+    cases = [WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2),
+             WindowCase(8, 32 // scale, segments=2, miners=2, redundancy=2),
+             WindowCase(16, 16 // scale, segments=4, miners=4, redundancy=2),
+             WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, wire_dtype="bfloat16")]
+    if diagnostics:  # what the peers' audits cost on this server (each ranged GET reads the whole object)
+        cases.append(WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, spot_check=False))
+    return cases
+
+
+def _baseline_case(case: WindowCase) -> bool:
+    """The cases the other systems are measured for: fp32 on the wire (they all move fp32), default checks."""
+    return case.wire_dtype == "float32" and case.spot_check
 
 
 def _object_bytes(case: WindowCase) -> int:
@@ -69,19 +86,30 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     summary: list[str] = []
     reps = args.reps or (1 if args.quick else 2)
     workdir = args.workdir
-    cases = _cases(args.quick)
+    cases = _cases(args.quick, args.diagnostics)
     async with EmbeddedS3() as s3:
         # 1 and 2. each case's windows between two measurements of the server's raw rates for objects of its input
         # size (one segment in the wire dtype); the better of the two counts, so the limit is never flattered by
         # a moment of load on this shared machine
         measured: dict[int, list[ServerRates]] = {}
         timings: dict[WindowCase, list[WindowTiming]] = {}
+        naive: dict[WindowCase, NaiveResult | str] = {}
+        hive: dict[WindowCase, Hivemind] = {}
         for case in cases:
             size = _object_bytes(case)
             volume = max(256 * MiB // (4 if args.quick else 1), 8 * size)
             measured.setdefault(size, []).append(await asyncio.to_thread(server_rates, s3, size, volume, reps=1))
             timings[case] = await window_timings(s3, case, reps, workdir)
             measured[size].append(await asyncio.to_thread(server_rates, s3, size, volume, reps=1))
+            if _baseline_case(case):
+                # the naive all-gather on the same server, right after the case's windows; then hivemind (no S3)
+                try:
+                    naive[case] = await asyncio.to_thread(naive_allgather, s3.endpoint_url, case.peers,
+                                                          case.mib_per_peer, 3)
+                except Exception as exc:  # noqa: BLE001 - one failed baseline must not lose the whole table
+                    naive[case] = f"{type(exc).__name__}: {exc}"[:200]
+                hive[case] = (Hivemind(skipped="--no-hivemind") if args.no_hivemind else
+                              await asyncio.to_thread(hivemind_averaging, case.peers, case.mib_per_peer, 3))
         rates = {size: _best_rates(ms) for size, ms in measured.items()}
         for size, r in sorted(rates.items()):
             rows.append(Row(f"server PUT, {size // MiB} MiB objects", r.put / 1e6, unit="MB/s", note=r.note))
@@ -89,7 +117,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         gloo: dict[WindowCase, float] = {}
         if not args.no_gloo:
             for case in cases:
-                if case.wire_dtype == "float32" and case.spot_check:
+                if _baseline_case(case):
                     gloo[case] = await asyncio.to_thread(gloo_allreduce_seconds, case.peers, case.numel)
         fp32_error = {}
         for case, ts in timings.items():
@@ -102,13 +130,40 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             moved = f"{t.put_bytes / 1e6:,.0f} MB PUT + {t.get_bytes / 1e6:,.0f} MB GET"
             rows.append(Row(f"window {case.label}: round vs server limit", total, limit, unit="s",
                             higher_is_better=False, note=f"{total / limit:.2f}x the limit ({moved}); {phases}"))
+            ratios = [f"round/limit {total / limit:.2f}x"]
+            if case in naive:
+                n = naive[case]
+                if isinstance(n, NaiveResult):
+                    rows.append(Row(f"window {case.label}: round vs naive all-gather through S3", total, n.seconds,
+                                    unit="s", higher_is_better=False,
+                                    note=f"{total / n.seconds:.2f}x its time; plain boto3, {case.peers} processes, "
+                                         f"{case.peers} PUT + {case.peers * (case.peers - 1)} GET of "
+                                         f"{case.mib_per_peer} MiB, median of {len(n.rounds)}; max |avg - mean| / "
+                                         f"max |mean| {n.error_max / n.mean_abs_max:.1e} (ours {t.error_max:.1e})"))
+                    ratios.append(f"round/naive {total / n.seconds:.2f}x")
+                else:
+                    rows.append(Row(f"window {case.label}: round vs naive all-gather through S3", total, None,
+                                    unit="s", higher_is_better=False, note=f"naive: failed ({n})"))
+                    ratios.append("round/naive failed")
+            if case in hive:
+                h = hive[case]
+                if h.seconds is not None:
+                    rows.append(Row(f"window {case.label}: round vs hivemind averaging", total, h.seconds, unit="s",
+                                    higher_is_better=False,
+                                    note=f"{total / h.seconds:.2f}x its time; hivemind 1.1.12 DecentralizedAverager, "
+                                         f"{case.peers} peers on 127.0.0.1, step() median of {len(h.rounds)}; "
+                                         f"max |avg - mean| / max |mean| {h.error_max:.1e}"))
+                    ratios.append(f"round/hivemind {total / h.seconds:.2f}x")
+                else:
+                    rows.append(Row(f"window {case.label}: round vs hivemind averaging", total, None, unit="s",
+                                    higher_is_better=False, note=f"hivemind: skipped ({h.skipped})"))
+                    ratios.append("round/hivemind skipped")
             if case in gloo:
                 rows.append(Row(f"window {case.label}: round vs gloo all_reduce", total, gloo[case], unit="s",
                                 higher_is_better=False, note=f"{total / gloo[case]:.1f}x gloo's time"))
-                summary.append(f"{case.label}: round/limit {total / limit:.2f}x, round/gloo {total / gloo[case]:.0f}x")
-            else:
-                summary.append(f"{case.label}: round/limit {total / limit:.2f}x")
-            if case.wire_dtype == "float32" and case.spot_check:
+                ratios.append(f"round/gloo {total / gloo[case]:.0f}x")
+            summary.append(f"{case.label}: " + ", ".join(ratios))
+            if _baseline_case(case):
                 fp32_error[(case.peers, case.mib_per_peer)] = t
             elif case.wire_dtype != "float32":
                 ref = fp32_error.get((case.peers, case.mib_per_peer))
@@ -175,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a quarter of the data, one repetition")
     parser.add_argument("--reps", type=int, default=0, help="measured windows per case (default 2, quick 1)")
     parser.add_argument("--no-gloo", action="store_true", help="skip the torch.distributed gloo baseline")
+    parser.add_argument("--no-hivemind", action="store_true", help="skip the hivemind baseline")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="add P=4 x 64 MiB with the peers' spot checks off")
     args = parser.parse_args(argv)
     args.workdir = Path(tempfile.mkdtemp(prefix="mapreduce-bench-"))
     started = time.perf_counter()
