@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from mapreduce.peer import PeerConfig
+from mapreduce.plan import Plan
+from mapreduce.validator import Validator
 from storage import EmbeddedS3, TransferConfig
 
 from .cluster import BenchCluster, bench_spec
@@ -73,6 +75,18 @@ def _gradients(case: WindowCase, seed: int) -> torch.Tensor:
     return torch.randn(case.peers, case.numel, generator=g)
 
 
+async def _validator_saw_outputs(validator: Validator, plan: Plan, timeout: float = 30.0) -> None:
+    """Wait until ``validator`` has read and verified the header of every output of ``plan`` (or ``timeout``)."""
+    slots = [(m, s.index) for s in plan.segments for m in plan.miners_for(s.index)]
+    waited = 0.0
+    while waited < timeout:
+        obs = validator.observing.get(plan.window)
+        if obs is not None and all(obs.pinned(slot) is not None for slot in slots):
+            return
+        await asyncio.sleep(0.05)
+        waited += 0.05
+
+
 async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads: torch.Tensor) -> WindowTiming:
     """Run ``window`` with every participant of ``cluster``; the chain must be before the window's start."""
     chain, phases = cluster.chain, cluster.spec.windows.phases(window)
@@ -93,9 +107,9 @@ async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads
     await asyncio.gather(*miner_tasks)
     t2 = time.perf_counter()
     # On a chain the deadline comes at its time, after honest outputs: a validator has seen them by then. Here it
-    # would come at once, before the validator's next listing (every poll_interval), and every output would count
-    # as late. Peers go on downloading meanwhile, so this costs the round little.
-    await asyncio.sleep(2 * validator.config.poll_interval)
+    # would come at once, before the validator's next listing, and every output would count as late; so it comes
+    # once the validator holds every output's header. Peers go on downloading meanwhile.
+    await _validator_saw_outputs(validator, await validator.net.plan(window))
     chain.advance_to(phases.reduce_deadline)
     results = await asyncio.gather(*downloads)
     t3 = time.perf_counter()

@@ -236,6 +236,7 @@ class Validator:
         self.board = Scoreboard.load(self.state_path)
         self._sem = asyncio.Semaphore(config.concurrency)
         self.observers = Observers()  # each called with every WindowReport (metrics)
+        self.observing: dict[int, Observation] = {}  # window -> what we have seen of it so far, while we watch it
 
     async def run(self, windows: int | None = None, stop: asyncio.Event | None = None) -> list[WindowReport]:
         """Validate windows from the next one we can fully observe; windows overlap, scores apply in order."""
@@ -356,8 +357,12 @@ class Validator:
 
     async def observe(self, plan: Plan, watched: set[tuple[str, int]] | None = None) -> Observation:
         obs = Observation(watched=watched)
-        with obs.lag:
-            return await self._observe(plan, obs)
+        self.observing[plan.window] = obs
+        try:
+            with obs.lag:
+                return await self._observe(plan, obs)
+        finally:
+            self.observing.pop(plan.window, None)
 
     async def _observe(self, plan: Plan, obs: Observation) -> Observation:
         phases = self.net.phases(plan.window)
