@@ -64,6 +64,7 @@ async def train(rank: int, net: Network, bucket: str, sender: str, first: int, s
         for name, p in model.named_parameters():
             p.grad.copy_(result.tensors[name])  # ...and everyone's average gradient
         optimizer.step()
+        out.setdefault("applied", []).append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         optimizer.zero_grad()
         out["losses"].append(loss.item())
         out["fallbacks"] += len(result.fallbacks)
@@ -74,6 +75,16 @@ async def train(rank: int, net: Network, bucket: str, sender: str, first: int, s
 
 
 # -- around it: the local swarm, and the checks ------------------------------------------------------------------
+
+def adam_replay(before: list[torch.Tensor], average: torch.Tensor, lr: float) -> list[torch.Tensor]:
+    """One Adam step from fresh state, on copies: what a rank's first step should have given."""
+    params, pos = [nn.Parameter(p.clone()) for p in before], 0
+    for p in params:
+        p.grad = average[pos:pos + p.numel()].view(p.shape).clone()
+        pos += p.numel()
+    torch.optim.Adam(params, lr=lr).step()
+    return [p.detach() for p in params]
+
 
 def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x.view(torch.int32), y.view(torch.int32)) for x, y in zip(a, b))
@@ -174,10 +185,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    average gradient bit-identical to rank 0's: {not differ}"
                       + "".join(f"; element {i}: {avg[i].item():.9g} vs {ref[i].item():.9g}" for i in differ)
                       + f"; weights before the step identical: {same(r['before'][step], ranks[0]['before'][step])}")
+                # Was the step itself disturbed? The gradient as the step left it, and (first step: fresh state) a
+                # replay of Adam on this rank's own recorded weights and average.
+                applied = torch.equal(r["applied"][step].view(torch.int32), avg.view(torch.int32))
+                replay = "" if step else f"; Adam replayed on its own before/average gives its weights: " \
+                    f"{same(adam_replay(r['before'][0], avg, swarm.cfg.lr), r['weights'][0])}"
+                print(f"    gradient still the average after the step: {applied}{replay}")
             failures.append(f"ranks' weights differ after step {step} (some inputs missed the upload deadline? "
                             "on a loaded machine, try --block-time 1)")
             dump = swarm.dir / "diverged.pt"  # every rank's weights and averages, to look at afterwards
-            torch.save([{k: r.get(k) for k in ("after_broadcast", "before", "average", "weights", "sources")}
+            torch.save([{k: r.get(k) for k in ("after_broadcast", "before", "average", "applied", "weights",
+                                               "sources")}
                         for r in ranks], dump)
             print(f"  (each rank's weights and averages: {dump})")
     # A fallback (a late miner, on a loaded machine) still gives the exact mean: reported, not a failure.
