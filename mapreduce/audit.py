@@ -72,10 +72,12 @@ class ReaderCache:
 
             async def fetch(start: int, end: int) -> bytes:
                 return await bucket.store.get_range(bucket.name, info.key, start, end, if_match=info.etag)
-            # A header is ~1 KiB, plus 64 hex characters per MiB of data and ~120 bytes per listed input.
-            guess = 4096 + 64 * hashtree.group_count(hashtree.leaf_count(info.size)) + 128 * len(self.readers)
-            self.readers[info.key] = RangeReader(fetch, info.size, info.key,
-                                                 expect or self.net.segment_expect(seg, allowed), first_read=guess)
+            # A header is ~600 bytes plus 64 hex characters per group of chunks (1 MiB of data); an output's lists
+            # its inputs too (~250 bytes each: a larger header costs a second, exact read).
+            expect = expect or self.net.segment_expect(seg, allowed)
+            fixed = 4096 if "proof" in expect.tensors else 1024
+            guess = fixed + 64 * hashtree.group_count(hashtree.leaf_count(info.size))
+            self.readers[info.key] = RangeReader(fetch, info.size, info.key, expect, first_read=guess)
         return self.readers[info.key]
 
 
@@ -208,9 +210,24 @@ def check_against_records(miner: str, seg: Segment, inputs: list[tuple[str, str,
     return omitted, contradicting
 
 
-def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int) -> list[tuple[int, int]]:
+def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int,
+                  itemsize: int | None = None) -> list[tuple[int, int]]:
+    """``count`` ranges of ``length`` elements of the segment, sorted. With ``itemsize`` (bytes per element on
+    the wire), each range lies inside one hash-tree chunk: a reader verifies a range by fetching the chunks it
+    touches, and a range across a boundary would cost a second chunk for the same elements checked."""
     n = min(length, seg.numel)
-    return [(s, s + n) for s in sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(count))]
+    chunk_elements = None if itemsize is None else hashtree.CHUNK_BYTES // itemsize
+    if chunk_elements is None or n > chunk_elements:
+        return [(s, s + n) for s in sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(count))]
+    # The chunks with room for a range (all but possibly a short last one), then a place inside the chunk.
+    roomy = [c for c in range(-(-seg.numel // chunk_elements))
+             if min(seg.numel, (c + 1) * chunk_elements) - c * chunk_elements >= n]
+    starts = []
+    for _ in range(count):
+        c = roomy[rng.randrange(len(roomy))]
+        room = min(seg.numel, (c + 1) * chunk_elements) - c * chunk_elements - n
+        starts.append(c * chunk_elements + rng.randrange(room + 1))
+    return [(s, s + n) for s in sorted(starts)]
 
 
 def differing_ranges(rng: random.Random, values: torch.Tensor, others: list[torch.Tensor], length: int,

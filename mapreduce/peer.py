@@ -490,7 +490,8 @@ class Peer:
             if await self._valid_whole_input(plan, seg, c.bucket, peer, key, deadline, result.rejected):
                 raise Wrong(f"leaves out a valid input from {peer[:10]}")
         rng = random.Random()
-        ranges = sample_ranges(rng, seg, self.config.spot_check_ranges, self.config.spot_check_elements)
+        ranges = sample_ranges(rng, seg, self.config.spot_check_ranges, self.config.spot_check_elements,
+                               self.net.spec.torch_wire_dtype.itemsize)
         ranges += differing_ranges(rng, c.values, others, self.config.spot_check_elements, self.config.settle_ranges)
         if not ranges:
             return

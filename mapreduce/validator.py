@@ -530,7 +530,8 @@ class Validator:
                 continue
             segs = list(plan.segments_for(miner))
             for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
-                slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements)))
+                slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements,
+                                                           self.net.spec.torch_wire_dtype.itemsize)))
         return slots, rejected
 
     async def check(self, plan: Plan, obs: Observation, slots: list, rng: random.Random, rejected: Counter):
