@@ -156,3 +156,34 @@ async def window_timings(s3: EmbeddedS3, case: WindowCase, reps: int, workdir: P
         return timings
     finally:
         await cluster.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One case's rounds and where they went, e.g. ``python -m bench.window --peers 16 --mib 16 --segments 4
+    --miners 4`` (the full suite, with its baselines, is ``python -m bench``)."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m bench.window", description=main.__doc__.split(",")[0])
+    parser.add_argument("--peers", type=int, default=4)
+    parser.add_argument("--mib", type=int, default=64, help="MiB of fp32 gradient per peer")
+    parser.add_argument("--segments", type=int, default=2)
+    parser.add_argument("--miners", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=2, help="measured windows, after one warm-up")
+    args = parser.parse_args(argv)
+    case = WindowCase(args.peers, args.mib, segments=args.segments, miners=args.miners, redundancy=2)
+
+    async def run() -> list[WindowTiming]:
+        with tempfile.TemporaryDirectory(prefix="mapreduce-bench-") as workdir:  # the runs' chain files
+            async with EmbeddedS3() as s3:
+                return await window_timings(s3, case, args.reps, Path(workdir))
+
+    for t in asyncio.run(run()):
+        print(f"{case.label}: round {t.total:.2f} s (upload {t.upload:.2f}, reduce {t.reduce:.2f}, download "
+              f"{t.download:.2f}, validator {t.validate:.2f}); validator fetched {t.validator_fetched / 1e3:,.0f} kB "
+              f"for {t.validator_checked / 1e6:,.1f} MB of outputs ({100 * t.validator_fetched / max(1, t.validator_checked):.2f}%); "
+              f"fallbacks {t.fallbacks}; checks not ok {len(t.checks_bad)}")
+
+
+if __name__ == "__main__":
+    main()
