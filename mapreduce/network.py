@@ -162,16 +162,24 @@ class Network:
         return await asyncio.to_thread(self.chain.current_block)
 
     async def wait_for_block(self, block: int) -> int:
-        """Wait for ``block``; a chain that cannot be read meanwhile (a node restarting, a dropped connection) is
-        waited out, logged once per outage, not the end of the caller."""
+        """Wait for ``block``; returns the current block."""
+        return await self._wait_until(self.chain.current_block, block, "block number")
+
+    async def wait_for_final(self, block: int) -> int:
+        """Wait for ``block`` to be final (:meth:`Chain.finalized_block`); returns the finalized block."""
+        return await self._wait_until(self.chain.finalized_block, block, "finalized block")
+
+    async def _wait_until(self, read: Callable[[], int], block: int, what: str) -> int:
+        """Poll ``read`` until it reaches ``block``. A chain that cannot be read meanwhile (a node restarting, a
+        dropped connection) is waited out, logged once per outage, not the end of the caller."""
         outage = None
         while True:
             try:
-                now = await self.block()
+                now = await asyncio.to_thread(read)
             except ChainError as e:
                 if outage is None:
                     outage = time.monotonic()
-                    log.warning("cannot read the chain's block number (%s); retrying", e)
+                    log.warning("cannot read the chain's %s (%s); retrying", what, e)
                 await asyncio.sleep(max(self._poll, 1.0))
                 continue
             if outage is not None:
@@ -246,8 +254,7 @@ class Network:
         never changes again."""
         known = self._final_hashes.get(block)
         if known is None:
-            while await asyncio.to_thread(self.chain.finalized_block) < block:
-                await asyncio.sleep(self._poll)
+            await self.wait_for_final(block)
             known = await asyncio.to_thread(self.chain.block_hash, block)
             if len(self._final_hashes) >= 64:
                 self._final_hashes.pop(min(self._final_hashes))

@@ -41,6 +41,14 @@ async def test_waiting_for_a_block_outlasts_an_outage(cluster_factory, caplog) -
     chain.advance_to(3)
     assert await asyncio.wait_for(waiting, 5) == 3
 
+    chain.down = True  # a seed waits for its block to be final through an outage too
+    seed = asyncio.ensure_future(net.final_block_hash(5))
+    await asyncio.sleep(1.2)
+    assert not seed.done()
+    chain.down = False
+    chain.advance_to(6)
+    assert await asyncio.wait_for(seed, 5) == chain.block_hash(5)
+
     chain.down = True  # a miner's standing line during an outage: a line saying so, not an exception
     line = await standing_line(net, 1)
     assert "standing unknown (chain unreadable" in line
