@@ -103,8 +103,8 @@ async def run_ranks(swarm: Swarm, s3: EmbeddedS3, chain: LocalChain, peers: int,
             await (await pool.own_store()).create_bucket(bucket)
             await net.commit(location)
             nets.append((net, bucket))
-        # The next window that starts after everyone has joined: all ranks then draw the same plans.
-        first = swarm.spec.windows.window_of(chain.current_block() + 1) + 1
+        # The next window whose directory lists every rank: all ranks then draw the same plans.
+        first = swarm.spec.windows.first_window_anchored_after(chain.current_block())
         return await asyncio.gather(*(train(i, net, bucket, signers[0].hotkey, first, steps, swarm.cfg)
                                       for i, (net, bucket) in enumerate(nets)))
     finally:

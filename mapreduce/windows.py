@@ -42,6 +42,12 @@ class WindowConfig:
     def window_of(self, block: int) -> int:
         return block // self.blocks_per_window
 
+    def first_window_anchored_after(self, block: int) -> int:
+        """The first window whose anchor block comes after ``block + 1``: whatever is on chain by then (a
+        registration, a commitment submitted at ``block``, which lands in ``block + 1``) is in its directory, with a
+        block to spare. Where processes that just joined agree to start."""
+        return self.window_of(block + 1 + self.finality_blocks) + 1
+
     def phases(self, window: int) -> "Phases":
         start = window * self.blocks_per_window
         upload_deadline = start + self.upload_blocks

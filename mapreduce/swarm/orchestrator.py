@@ -166,8 +166,8 @@ class Swarm:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"processes not ready after {timeout:.0f}s; see {self.dir / 'logs'}")
             time.sleep(0.2)
-        # The next window whose start is at least one block away: everyone is up before its plan is drawn.
-        first = self.spec.windows.window_of(chain.current_block() + 1) + 1
+        # The next window whose directory lists everyone: its anchor block is still ahead.
+        first = self.spec.windows.first_window_anchored_after(chain.current_block())
         (self.dir / "start_window").write_text(str(first))
         return first
 

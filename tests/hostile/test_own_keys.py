@@ -89,7 +89,7 @@ async def test_each_role_writes_its_own_bucket_with_its_own_keys(authenticating_
         miner = Miner(nets["miner"], buckets["miner"])
         validator = Validator(nets["validator"], buckets["validator"], tmp_path / "v.json",
                               ValidatorConfig(scoring=ScoringConfig(weights_every=1)))
-        window = spec.windows.window_of(chain.current_block() + 1) + 1
+        window = spec.windows.first_window_anchored_after(chain.current_block())
         result, mreport, vreport = await asyncio.gather(
             peer.allreduce(peer_gradients(spec, 1)[0], window=window), miner.run_window(window),
             validator.validate_window(window))

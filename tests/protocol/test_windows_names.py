@@ -23,6 +23,11 @@ def test_phases() -> None:
     assert p.anchor_block == p.plan_seed_block == 27 and p.sample_seed_block == 37  # finality_blocks 3 by default
     assert WindowConfig(10, 4, 3, finality_blocks=0).phases(3).plan_seed_block == 30
     assert cfg.phases(0).anchor_block == 0  # the first window anchors at genesis
+    # Where processes that just joined start: the first window whose anchor is past the block their commitments
+    # land in, with a block to spare.
+    for block in range(0, 40):
+        w = cfg.first_window_anchored_after(block)
+        assert cfg.phases(w).anchor_block >= block + 2 > cfg.phases(w - 1).anchor_block  # and the first such
 
 
 def test_window_config_rejects_impossible_phases() -> None:

@@ -73,7 +73,7 @@ class Cluster:
         """A window whose anchor block (the directory's and the plan's) is still ahead, so every join so far is in
         its directory."""
         block = self.chain.current_block()
-        return self.spec.windows.window_of(block + margin_blocks + self.spec.windows.finality_blocks) + 1
+        return self.spec.windows.first_window_anchored_after(block + margin_blocks - 1)
 
 
 def make_spec(run_id: str, numel: int = 50_000, segments: int = 4, redundancy: int = 2,
