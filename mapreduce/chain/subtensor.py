@@ -111,14 +111,12 @@ class SubtensorChain(Chain):
         self._wait_for_finalization = wait_for_finalization
         self._lock = threading.RLock()
         self._mock = _MockBridge(subtensor, self.netuid) if isinstance(subtensor, MockSubtensor) else None
-        self._connect_writer = connect_writer if self._mock is None else None
-        self._writer: Any = None
-        self._writer_lock = threading.RLock()
+        self._writer = _SideConnection(connect_writer) if connect_writer and self._mock is None else None
+        # Writes without a write connection: on the reading one, under its lock (never closed apart from it).
+        self._same_connection = _SideConnection(lambda: self.subtensor, self._lock)
         self._read_attempts = max(1, int(read_attempts))
         self._read_backoff = read_backoff
-        self._connect_archive = connect_archive if self._mock is None else None
-        self._archive: Any = None
-        self._archive_lock = threading.RLock()
+        self._archive = _SideConnection(connect_archive) if connect_archive and self._mock is None else None
         self._final_seen = -1  # the highest finalized block read so far: the timestamps up to it never change
         self._timestamps: dict[int, float] = {}
 
@@ -170,11 +168,9 @@ class SubtensorChain(Chain):
     def close(self) -> None:
         with self._lock:
             self.subtensor.close()
-        for lock, name in ((self._writer_lock, "_writer"), (self._archive_lock, "_archive")):
-            with lock:
-                if getattr(self, name) is not None:
-                    getattr(self, name).close()
-                    setattr(self, name, None)
+        for side in (self._writer, self._archive):
+            if side is not None:
+                side.close()
 
     def __repr__(self) -> str:
         return f"SubtensorChain({getattr(self.subtensor, 'network', '?')}, netuid={self.netuid})"
@@ -213,26 +209,17 @@ class SubtensorChain(Chain):
         except ChainError as e:
             if not _state_discarded(e):
                 raise
-            if self._connect_archive is None:
+            if self._archive is None:
                 raise ChainError(f"{e}; block {block} is older than this node keeps: set "
                                  f"--subtensor.archive_endpoint to an archive node") from e
-            stamp = self._archive_timestamp(block)
+            stamp = self._archive.call(f"get_timestamp of block {block} from the archive node",
+                                       lambda archive: archive.get_timestamp, block).timestamp()
             self._final_seen = max(self._final_seen, block)  # pruned state is long final
         if block <= self._final_seen:
             if len(self._timestamps) >= 4096:
                 self._timestamps.pop(min(self._timestamps))
             self._timestamps[block] = stamp
         return stamp
-
-    def _archive_timestamp(self, block: int) -> float:
-        try:
-            with self._archive_lock:
-                if self._archive is None:
-                    self._archive = self._connect_archive()
-                return self._archive.get_timestamp(block).timestamp()
-        except Exception as e:
-            raise ChainError(f"get_timestamp of block {block} from the archive node failed: "
-                             f"{type(e).__name__}: {e}") from e
 
     # --- neurons and commitments -----------------------------------------------------------------------------------
 
@@ -355,20 +342,37 @@ class SubtensorChain(Chain):
         raise AssertionError("unreachable")
 
     def _write(self, what: str, method: Callable[[Any], Callable[..., T]], *args: Any, **kwargs: Any) -> T:
-        """A write, once: ``method(connection)(*args, **kwargs)`` on the write connection (opened on first use)
-        under its own lock, so reads go on meanwhile; any failure becomes a ChainError."""
+        """A write, once: ``method(connection)(*args, **kwargs)`` on the write connection, so reads go on
+        meanwhile (without one, on the reading connection under its lock); any failure becomes a ChainError."""
+        return (self._writer or self._same_connection).call(what, method, *args, **kwargs)
+
+
+class _SideConnection:
+    """A second SDK connection for one purpose (writes, archive reads), opened on first use, with its own lock:
+    the sync SDK is not thread-safe, and what waits on this one must not hold up the reads."""
+
+    def __init__(self, connect: Callable[[], Any], lock: threading.RLock | None = None):
+        self._connect = connect
+        self._connection: Any = None
+        self._lock = lock or threading.RLock()
+
+    def call(self, what: str, method: Callable[[Any], Callable[..., T]], *args: Any, **kwargs: Any) -> T:
+        """``method(connection)(*args, **kwargs)``, once; any failure becomes a ChainError."""
         try:
-            with self._writer_lock:
-                if self._connect_writer is None:
-                    with self._lock:
-                        return method(self.subtensor)(*args, **kwargs)
-                if self._writer is None:
-                    self._writer = self._connect_writer()
-                return method(self._writer)(*args, **kwargs)
+            with self._lock:
+                if self._connection is None:
+                    self._connection = self._connect()
+                return method(self._connection)(*args, **kwargs)
         except ChainError:
             raise
         except Exception as e:
             raise ChainError(f"{what} failed: {type(e).__name__}: {e}") from e
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
 
 def _state_discarded(e: BaseException) -> bool:
