@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import pytest
 
@@ -35,6 +36,19 @@ def test_the_local_chain_keeps_the_rate_limit_and_the_version_as_subtensor_does(
     chain.advance_to(15)
     assert chain.weights_wait(uid) == 0
     chain.set_weights(v.keypair, [uid], [1.0], version_key=8)  # a newer version is accepted too
+
+
+def test_the_version_key_comes_from_the_run_spec_and_is_checked() -> None:
+    from mapreduce.spec import RunSpec, TensorSpec
+
+    spec = RunSpec("r", (TensorSpec("a", (8,)),), 2, weights_version=10_005_000)
+    assert RunSpec.from_json(spec.to_json()).weights_version == 10_005_000
+    old = json.loads(spec.to_json())
+    del old["weights_version"]
+    assert RunSpec.from_json(json.dumps(old)).weights_version == 0  # specs written before it still load
+    for bad in (-1, 2 ** 64, 1.5, True, "7"):
+        with pytest.raises(ValueError, match="weights_version"):
+            RunSpec("r", (TensorSpec("a", (8,)),), 2, weights_version=bad)
 
 
 async def test_a_validator_waits_out_the_rate_limit_without_trying(cluster_factory, tmp_path, caplog) -> None:
