@@ -212,22 +212,29 @@ def check_against_records(miner: str, seg: Segment, inputs: list[tuple[str, str,
 
 def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int,
                   itemsize: int | None = None) -> list[tuple[int, int]]:
-    """``count`` ranges of ``length`` elements of the segment, sorted. With ``itemsize`` (bytes per element on
-    the wire), each range lies inside one hash-tree chunk: a reader verifies a range by fetching the chunks it
-    touches, and a range across a boundary would cost a second chunk for the same elements checked."""
+    """``count`` ranges of ``length`` elements of the segment, sorted.
+
+    With ``itemsize`` (bytes per element on the wire), each range is whole hash-tree chunks instead: ``count``
+    distinct places, each widened to the chunks that ``length`` elements there touch. A reader verifies a range
+    by fetching every chunk it touches whole, so recomputing all of their elements costs no extra byte (4096 fp32
+    elements per 16 KiB chunk, where a 1024-element range used a quarter of what it fetched), and a range never
+    straddles a boundary it would pay a second chunk for. Every chunk, the short last one too, is equally likely.
+    """
     n = min(length, seg.numel)
-    chunk_elements = None if itemsize is None else hashtree.CHUNK_BYTES // itemsize
-    if chunk_elements is None or n > chunk_elements:
+    if itemsize is None:
         return [(s, s + n) for s in sorted(rng.randrange(0, seg.numel - n + 1) for _ in range(count))]
-    # The chunks with room for a range (all but possibly a short last one), then a place inside the chunk.
-    roomy = [c for c in range(-(-seg.numel // chunk_elements))
-             if min(seg.numel, (c + 1) * chunk_elements) - c * chunk_elements >= n]
-    starts = []
-    for _ in range(count):
-        c = roomy[rng.randrange(len(roomy))]
-        room = min(seg.numel, (c + 1) * chunk_elements) - c * chunk_elements - n
-        starts.append(c * chunk_elements + rng.randrange(room + 1))
-    return [(s, s + n) for s in sorted(starts)]
+    per_chunk = hashtree.CHUNK_BYTES // itemsize
+    chunks = -(-seg.numel // per_chunk)
+    span = min(chunks, -(-n // per_chunk))  # chunks one range covers
+    places = range(chunks - span + 1)
+    ranges: list[tuple[int, int]] = []
+    for c in sorted(rng.sample(places, min(count, len(places)))):
+        lo, hi = c * per_chunk, min(seg.numel, (c + span) * per_chunk)
+        if ranges and lo < ranges[-1][1]:  # overlaps the previous one (ranges longer than a chunk): merge
+            ranges[-1] = (ranges[-1][0], hi)
+        else:
+            ranges.append((lo, hi))
+    return ranges
 
 
 def differing_ranges(rng: random.Random, values: torch.Tensor, others: list[torch.Tensor], length: int,

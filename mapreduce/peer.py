@@ -72,9 +72,12 @@ class PeerConfig:
                 "window (probability per peer: this over the number of peers); an uncorroborated output, and every "
                 "claim of disagreeing replicas, is always audited"})
     spot_check_ranges: int = field(default=1, metadata={
-        "help": "element ranges an audit samples and recomputes from the inputs (ranged reads; one range of 1024 "
-                "elements costs a few KiB per input)"})
-    spot_check_elements: int = field(default=1024, metadata={"help": "elements in each sampled audit range"})
+        "help": "element ranges an audit samples and recomputes from the inputs, each widened to the whole hash-"
+                "tree chunks it touches (ranged reads: one 16 KiB chunk, 4096 fp32 elements, plus ~3 KiB of header "
+                "and leaf hashes per input)"})
+    spot_check_elements: int = field(default=1024, metadata={
+        "help": "elements each sampled audit range covers at least (before it is widened to whole chunks), and in "
+                "each range recomputed where replicas differ"})
     settle_ranges: int = field(default=4, metadata={
         "help": "where replicas' outputs differ, at most this many differing ranges are recomputed in addition"})
     fetch_timeout: float = field(default=30.0, metadata={

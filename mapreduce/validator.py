@@ -70,9 +70,11 @@ class ValidatorConfig:
 
     segments_per_miner: int = field(default=2, metadata={
         "help": "segments of each miner whose output is checked per window, drawn at random"})
-    ranges_per_segment: int = field(default=2, metadata={
-        "help": "element ranges recomputed from the inputs in each checked output"})
-    range_elements: int = field(default=1024, metadata={"help": "elements in each recomputed range"})
+    ranges_per_segment: int = field(default=1, metadata={
+        "help": "element ranges recomputed from the inputs in each checked output, each widened to the whole hash-"
+                "tree chunks it touches (fetched whole to verify them anyway: 4096 fp32 elements per chunk)"})
+    range_elements: int = field(default=1024, metadata={
+        "help": "elements each recomputed range covers at least (before it is widened to whole chunks)"})
     poll_interval: float = field(default=0.25, metadata={
         "help": "seconds between listings of a miner's outputs while waiting for them (backing off to 2 s while "
                 "its listings fail), and between reads of a header not readable yet"})
