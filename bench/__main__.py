@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import tempfile
@@ -77,6 +78,19 @@ def _best_rates(measured: list[ServerRates]) -> ServerRates:
                        "one before and one after each window case")
 
 
+def _cpu_row(case: WindowCase, timings: list[WindowTiming], naive: NaiveResult) -> Row:
+    """CPU seconds of one round, every process and the server, against the naive all-gather's: on a machine with
+    few cores, CPU / cores is a floor under the round that no amount of overlap removes."""
+    cores = os.cpu_count() or 1
+    ours, theirs = _median(timings, "cpu"), naive.client_cpu + (naive.server_cpu or 0.0)
+    server = _median(timings, "server_cpu") if all(t.server_cpu is not None for t in timings) else float("nan")
+    return Row(f"window {case.label}: CPU seconds per round", ours, theirs, unit="s", higher_is_better=False,
+               note=f"ours: roles {_median(timings, 'client_cpu'):.1f} + server {server:.1f}; naive all-gather: "
+                    f"peers {naive.client_cpu:.1f} + server {naive.server_cpu or float('nan'):.1f} (its deletes "
+                    f"included); on {cores} cores no round is shorter than CPU / {cores}: ours {ours / cores:.2f} s, "
+                    f"naive {theirs / cores:.2f} s")
+
+
 def _median(timings: list[WindowTiming], attr: str) -> float:
     return statistics.median(getattr(t, attr) for t in timings)
 
@@ -105,7 +119,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 # the naive all-gather on the same server, right after the case's windows; then hivemind (no S3)
                 try:
                     naive[case] = await asyncio.to_thread(naive_allgather, s3.endpoint_url, case.peers,
-                                                          case.mib_per_peer, 3)
+                                                          case.mib_per_peer, 3, s3.cpu_seconds)
                 except Exception as exc:  # noqa: BLE001 - one failed baseline must not lose the whole table
                     naive[case] = f"{type(exc).__name__}: {exc}"[:200]
                 hive[case] = (Hivemind(skipped="--no-hivemind") if args.no_hivemind else
@@ -141,6 +155,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                                          f"{case.mib_per_peer} MiB, median of {len(n.rounds)}; max |avg - mean| / "
                                          f"max |mean| {n.error_max / n.mean_abs_max:.1e} (ours {t.error_max:.1e})"))
                     ratios.append(f"round/naive {total / n.seconds:.2f}x")
+                    rows.append(_cpu_row(case, ts, n))
                 else:
                     rows.append(Row(f"window {case.label}: round vs naive all-gather through S3", total, None,
                                     unit="s", higher_is_better=False, note=f"naive: failed ({n})"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ class NaiveResult:
     rounds: list[float]  # every measured round
     error_max: float  # max over peers of max |average - exact mean| (absolute, the gradients are N(0, 1))
     mean_abs_max: float  # max |exact mean|, to read error_max against
+    client_cpu: float = 0.0  # median over measured rounds of the peers' CPU seconds in the round, summed
+    server_cpu: float | None = None  # the server's CPU seconds over the whole run / rounds (deletes included)
 
 
 def plain_boto3(endpoint_url: str) -> Any:
@@ -61,7 +64,7 @@ def _worker(rank: int, world: int, endpoint_url: str, run: str, numel: int, roun
     avg = grad
     for r in range(rounds):
         barrier.wait()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         client.put_object(Bucket=BUCKET, Key=f"{run}/{r}/{rank}", Body=body)
         barrier.wait()  # every object exists
         avg = grad.clone()
@@ -71,6 +74,7 @@ def _worker(rank: int, world: int, endpoint_url: str, run: str, numel: int, roun
                 avg += torch.frombuffer(bytearray(data["Body"].read()), dtype=torch.float32)
         avg /= world
         times[r, rank, 0], times[r, rank, 1] = started, time.perf_counter()
+        times[r, rank, 2] = time.process_time() - cpu
         barrier.wait()  # everyone has read this round's objects
         client.delete_object(Bucket=BUCKET, Key=f"{run}/{r}/{rank}")
     # correctness, outside the timing: peer 0 computes the exact mean in fp64, every peer compares its own average
@@ -83,8 +87,10 @@ def _worker(rank: int, world: int, endpoint_url: str, run: str, numel: int, roun
     errors[rank] = float((avg.double() - exact).abs().max())
 
 
-def naive_allgather(endpoint_url: str, peers: int, mib_per_peer: int, reps: int = 3) -> NaiveResult:
-    """Median seconds of one all-gather + average of ``mib_per_peer`` MiB fp32 per peer over ``peers`` processes."""
+def naive_allgather(endpoint_url: str, peers: int, mib_per_peer: int, reps: int = 3,
+                    server_cpu: Callable[[], float] | None = None) -> NaiveResult:
+    """Median seconds of one all-gather + average of ``mib_per_peer`` MiB fp32 per peer over ``peers`` processes.
+    ``server_cpu``: reads the server's CPU seconds so far, to charge it its share of a round."""
     import torch.multiprocessing as mp
 
     client = plain_boto3(endpoint_url)
@@ -96,12 +102,13 @@ def naive_allgather(endpoint_url: str, peers: int, mib_per_peer: int, reps: int 
     rounds = reps + 1  # the first one warms up
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(peers)
-    times = torch.zeros(rounds, peers, 2, dtype=torch.float64).share_memory_()
+    times = torch.zeros(rounds, peers, 3, dtype=torch.float64).share_memory_()  # start, end, CPU seconds
     exact = torch.zeros(numel, dtype=torch.float64).share_memory_()
     errors = torch.full((peers,), float("nan"), dtype=torch.float64).share_memory_()
     run = f"{peers}x{mib_per_peer}-{time.time_ns()}"
     procs = [ctx.Process(target=_worker, args=(rank, peers, endpoint_url, run, numel, rounds, barrier, times, exact,
                                                errors)) for rank in range(peers)]
+    server_before = server_cpu() if server_cpu else None
     for p in procs:
         p.start()
     try:
@@ -115,8 +122,11 @@ def naive_allgather(endpoint_url: str, peers: int, mib_per_peer: int, reps: int 
             if p.is_alive():
                 p.kill()
                 p.join()
+    server = None if server_before is None else (server_cpu() - server_before) / rounds  # type: ignore[misc]
     measured = [float(times[r, :, 1].max() - times[r, :, 0].min()) for r in range(1, rounds)]
-    return NaiveResult(statistics.median(measured), measured, float(errors.max()), float(exact.abs().max()))
+    cpu = statistics.median(float(times[r, :, 2].sum()) for r in range(1, rounds))
+    return NaiveResult(statistics.median(measured), measured, float(errors.max()), float(exact.abs().max()),
+                       client_cpu=cpu, server_cpu=server)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,9 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     from storage import EmbeddedS3
 
     with EmbeddedS3() as s3:
-        r = naive_allgather(s3.endpoint_url, args.peers, args.mib, args.reps)
+        r = naive_allgather(s3.endpoint_url, args.peers, args.mib, args.reps, server_cpu=s3.cpu_seconds)
     print(f"P={args.peers} x {args.mib} MiB: {r.seconds:.3f} s (rounds {', '.join(f'{t:.3f}' for t in r.rounds)}), "
-          f"max |avg - mean| {r.error_max:.1e} (max |mean| {r.mean_abs_max:.2f})")
+          f"max |avg - mean| {r.error_max:.1e} (max |mean| {r.mean_abs_max:.2f}); CPU per round {r.client_cpu:.2f} s "
+          f"peers + {r.server_cpu:.2f} s server")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import time
@@ -28,14 +27,7 @@ from storage import EmbeddedS3, ObjectStore
 from .table import Row, print_table
 
 MiB = 1024 * 1024
-_TICK = os.sysconf("SC_CLK_TCK")
 IN_FLIGHT = 4
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (fields 14 and 15 of /proc/pid/stat)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 @dataclass(frozen=True)
@@ -49,7 +41,6 @@ class Costs:
 
 async def _measure(speedups: bool) -> Costs:
     with EmbeddedS3(speedups=speedups) as s3:
-        pid = s3._proc.pid
         async with ObjectStore(s3.config(), EmbeddedS3.transfer_config()) as store:
             await store.create_bucket("bench-server")
             gate = asyncio.Semaphore(IN_FLIGHT)
@@ -59,9 +50,9 @@ async def _measure(speedups: bool) -> Costs:
                     return await work
 
             async def timed(works) -> tuple[float, float]:
-                cpu, started = _cpu_seconds(pid), time.perf_counter()
+                cpu, started = s3.cpu_seconds(), time.perf_counter()
                 await asyncio.gather(*(bounded(w) for w in works))
-                return time.perf_counter() - started, _cpu_seconds(pid) - cpu
+                return time.perf_counter() - started, s3.cpu_seconds() - cpu
 
             body = np.random.default_rng(1).bytes(16 * MiB)
             put_s, put_cpu = await timed(store.put("bench-server", f"p/{i}", body) for i in range(64))

@@ -68,6 +68,22 @@ class WindowTiming:
     error_max: float  # max |average - exact mean| / max |exact mean|
     fallbacks: int
     checks_bad: list[str]  # the validator's checks that were not "ok" (status and reason), expected empty
+    # CPU seconds the round used: every role here (one process), and the S3 server (None: not measurable, e.g. the
+    # in-memory server). On a machine with few cores their sum / cores is a floor under ``total``.
+    client_cpu: float = 0.0
+    server_cpu: float | None = None
+
+    @property
+    def cpu(self) -> float:
+        return self.client_cpu + (self.server_cpu or 0.0)
+
+
+def _server_cpu(s3: object) -> float | None:
+    """The S3 server's CPU seconds so far, or None when it cannot say (an in-memory or in-thread server)."""
+    try:
+        return s3.cpu_seconds()  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError, OSError):
+        return None
 
 
 def _gradients(case: WindowCase, seed: int) -> torch.Tensor:
@@ -98,7 +114,7 @@ async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads
     chain.advance_to(phases.start_block)
     miner_tasks = [asyncio.create_task(m.run_window(window)) for m in miners]
     validator_task = asyncio.create_task(validator.validate_window(window))
-    t0 = time.perf_counter()
+    t0, cpu0, server0 = time.perf_counter(), time.process_time(), _server_cpu(cluster.s3)
     receipts = await asyncio.gather(*(p.upload(window, grads[i]) for i, p in enumerate(peers)))
     t1 = time.perf_counter()
     chain.advance_to(phases.upload_deadline)
@@ -116,7 +132,7 @@ async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads
     # The validator's last step re-lists outputs at the window's end (overwrite check): produce it now.
     chain.advance_to(phases.end_block)
     report = await validator_task
-    t4 = time.perf_counter()
+    t4, cpu4, server4 = time.perf_counter(), time.process_time(), _server_cpu(cluster.s3)
     after = cluster.bytes_moved()
 
     sizes = await cluster.object_sizes(window)
@@ -136,6 +152,7 @@ async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads
         error_rel=err_rel, error_max=err_max, fallbacks=sum(len(r.fallbacks) for r in results),
         checks_bad=[f"{c.status}: {c.reason}" for c in report.checks if c.status != "ok"]
         + ([] if report.checks else ["no checks"]),
+        client_cpu=cpu4 - cpu0, server_cpu=None if server0 is None or server4 is None else server4 - server0,
     )
 
 
@@ -182,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{case.label}: round {t.total:.2f} s (upload {t.upload:.2f}, reduce {t.reduce:.2f}, download "
               f"{t.download:.2f}, validator {t.validate:.2f}); validator fetched {t.validator_fetched / 1e3:,.0f} kB "
               f"for {t.validator_checked / 1e6:,.1f} MB of outputs ({100 * t.validator_fetched / max(1, t.validator_checked):.2f}%); "
-              f"fallbacks {t.fallbacks}; checks not ok {len(t.checks_bad)}")
+              f"fallbacks {t.fallbacks}; checks not ok {len(t.checks_bad)}; CPU {t.client_cpu:.2f} s here + "
+              f"{t.server_cpu or float('nan'):.2f} s server")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 from . import _moto_patches
@@ -105,6 +106,14 @@ class EmbeddedS3:
         if self._proc is not None:
             return self._proc.poll() is None
         return self._thread_server is not None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server process has used so far (fields 14 and 15 of /proc/PID/stat): what
+        benchmarks charge to the server. Linux and mode ``"subprocess"`` only (in a thread it shares the caller's)."""
+        if self._proc is None:
+            raise RuntimeError("cpu_seconds needs a running server in mode 'subprocess'")
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def config(self) -> S3Config:
         """An `S3Config` for this server: dummy credentials, path-style addressing."""
