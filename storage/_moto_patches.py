@@ -19,6 +19,7 @@ def patch_moto(speedups: bool = True, request_log: bool = True) -> None:
         _read_only_the_range()
         _store_once()
         _remember_backends()
+        _keep_alive()
         if not request_log:
             _no_request_log()
 
@@ -207,3 +208,107 @@ def _store_once() -> None:
 
     store._once = True
     models.FakeKey.value = value.setter(store)
+
+
+class _Body:
+    """A request body as the application reads it: never past its Content-Length (the next request's bytes stay on
+    the socket), with what is left to read known, so the server can tell whether the connection can carry another
+    request."""
+
+    def __init__(self, raw, length: int) -> None:  # noqa: ANN001
+        self.raw, self.left = raw, length
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.raw.read(want) if want else b""
+        self.left -= len(data)
+        return data
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001
+        view = memoryview(buffer).cast("B")[:self.left]
+        n = self.raw.readinto(view) if len(view) else 0
+        self.left -= n or 0
+        return n or 0
+
+    def readline(self, size: int | None = -1) -> bytes:
+        want = self.left if size is None or size < 0 else min(size, self.left)
+        line = self.raw.readline(want) if want else b""
+        self.left -= len(line)
+        return line
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.readline, b"")
+
+
+class _DrainSelectors:
+    """What werkzeug's request handler sees as the `selectors` module. After each response it drains whatever the
+    client sent beyond what the application read (up to 10 ms of silence) before closing; on a kept connection that
+    would swallow the client's next request, so a kept request's drain finds nothing."""
+
+    def __init__(self) -> None:
+        import selectors
+        import threading
+
+        self._real = selectors
+        self.kept = threading.local()  # one request at a time per connection thread
+
+    def DefaultSelector(self):  # noqa: N802, ANN201 - the name werkzeug calls
+        return _NoDrain() if getattr(self.kept, "open", False) else self._real.DefaultSelector()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._real, name)
+
+
+class _NoDrain:
+    def register(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        return None
+
+    def select(self, timeout: float | None = None) -> list:
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+def _keep_alive() -> None:
+    """Keep each client connection open for its next request (HTTP/1.1 keep-alive), as every real S3 endpoint does.
+    werkzeug answers every request with ``Connection: close``, because Python's `http.server` cannot find the next
+    request line when an application left part of a body unread; so each request cost a TCP connection and a new
+    server thread, and its client a connection set-up. Now a connection stays open when the request's body was read
+    to its end (a body is read through `_Body`, which stops at Content-Length); a request whose body was left
+    unread, or that came chunked, closes the connection as before.
+    """
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug import serving
+
+    if getattr(MotoRequestHandler.send_header, "_keep_alive", False):
+        return
+    drain = _DrainSelectors()
+    serving.selectors = drain
+    make_environ, send_header = MotoRequestHandler.make_environ, MotoRequestHandler.send_header
+
+    def counted_environ(self):  # noqa: ANN001, ANN202
+        environ = make_environ(self)
+        drain.kept.open = False
+        self._body = None
+        if not environ.get("wsgi.input_terminated"):  # not chunked: the length is known
+            try:
+                self._body = _Body(environ["wsgi.input"], int(environ.get("CONTENT_LENGTH") or 0))
+            except ValueError:  # a malformed length: werkzeug's own handling, and the connection closes
+                return environ
+            environ["wsgi.input"] = self._body
+        return environ
+
+    def keep_open(self, keyword: str, value: str) -> None:  # noqa: ANN001
+        body = getattr(self, "_body", None)
+        if keyword.lower() == "connection" and value.lower() == "close" and body is not None and body.left == 0:
+            drain.kept.open = True  # and close_connection stays as the request asked (HTTP/1.1: open)
+            return
+        send_header(self, keyword, value)
+
+    keep_open._keep_alive = True
+    # A kept connection carries small writes (headers, then body) back to back: without TCP_NODELAY, Nagle's
+    # algorithm holds the second until the client's delayed ACK (up to 40 ms on Linux).
+    MotoRequestHandler.disable_nagle_algorithm = True
+    MotoRequestHandler.make_environ = counted_environ
+    MotoRequestHandler.send_header = keep_open

@@ -272,6 +272,98 @@ def test_put_does_not_read_the_object_back_in_effect(own_server: tuple[str, Embe
         assert read >= len(data)
 
 
+def test_a_connection_carries_many_requests(server: EmbeddedS3) -> None:
+    """Real S3 keeps connections: the patched server keeps one open across GETs, ranged GETs, a PUT with a body, a
+    HEAD and a listing (each answer right); moto as it ships closes it after every answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    calls = [("GET", f"/{BUCKET}/small", {}, None), ("GET", f"/{BUCKET}/large", {"Range": "bytes=5-9"}, None),
+             ("PUT", f"/{BUCKET}/kept", {}, b"kept body"), ("HEAD", f"/{BUCKET}/kept", {}, None),
+             ("GET", f"/{BUCKET}/kept", {}, None), ("GET", f"/{BUCKET}?list-type=2&prefix=kep", {}, None)]
+    kept = []
+    try:
+        for method, path, headers, body in calls:
+            conn.request(method, path, body=body, headers={"Authorization": AUTH, **headers})
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status in (200, 206), (method, path, resp.status, data[:200])
+            kept.append(conn.sock is not None)  # http.client drops the socket after "Connection: close"
+            if path.endswith("/small"):
+                assert data == SMALL
+            elif headers:
+                assert data == LARGE[5:10]
+            elif method == "GET" and path.endswith("/kept"):
+                assert data == b"kept body"
+            elif "list-type" in path:
+                assert b"<Key>kept</Key>" in data
+    finally:
+        conn.close()
+    assert kept == [server.speedups] * len(calls)
+
+
+@pytest.mark.parametrize("unread", [b"", b"12345"])
+def test_pipelined_requests_after_a_body_are_each_answered(server: EmbeddedS3, unread: bytes) -> None:
+    """Two requests sent back to back on one socket, the first with a body its handler may leave unread: the
+    server answers both correctly, or closes after the first; it never reads the body's bytes or the second
+    request as anything else, and never swallows the second (werkzeug drains a socket after each answer)."""
+    import socket
+
+    length = f"Content-Length: {len(unread)}\r\n" if unread else ""
+    first = (f"GET /{BUCKET}/small HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTH}\r\n{length}\r\n").encode()
+    second = (f"GET /{BUCKET}/large HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTH}\r\n"
+              "Range: bytes=0-15\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(first + unread + second)
+        reader = sock.makefile("rb")
+        answers = []
+        for _ in range(2):
+            status = reader.readline()
+            if not status:
+                break  # closed after the first answer: the client sends the second again, elsewhere
+            headers = {}
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            answers.append((status.split()[1], reader.read(int(headers["content-length"])), headers))
+            if headers.get("connection", "").lower() == "close":
+                break
+    assert answers and answers[0][0] == b"200" and answers[0][1] == SMALL
+    if len(answers) == 2:
+        assert answers[1][0] == b"206" and answers[1][1] == LARGE[:16]
+    if server.speedups and not unread:
+        assert len(answers) == 2  # nothing left unread: the connection was kept
+
+
+def test_a_body_left_unread_closes_the_connection() -> None:
+    """moto reads every body it is sent, so an application that leaves one unread is made here: the handler the
+    server uses (patched) must answer with ``Connection: close`` rather than read the unread bytes as the next
+    request line."""
+    import socket
+
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import make_server
+
+    _moto_patches.patch_moto()
+
+    def ignores_the_body(environ, start_response):  # noqa: ANN001, ANN202
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = make_server("127.0.0.1", 0, ignores_the_body, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+            head = b"GET / HTTP/1.1\r\nHost: x\r\n"
+            sock.sendall(head + b"Content-Length: 5\r\n\r\n12345" + head + b"\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer and answer.endswith(b"ok")
+    assert answer.count(b"HTTP/1.1") == 1  # the connection closed: no second answer, and no 400 for "12345GET"
+
+
 def test_patches_are_idempotent_and_marked() -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
     from moto.s3 import models
@@ -285,6 +377,11 @@ def test_patches_are_idempotent_and_marked() -> None:
             DomainDispatcherApplication.get_backend_for_host) == patched
     assert models.FakeKey.etag.fget._locked and models.FakeKey.value.fset._once and S3Response.get_object._ranged
     assert DomainDispatcherApplication.get_backend_for_host._remembered
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    send_header = MotoRequestHandler.send_header
+    _moto_patches.patch_moto()
+    assert MotoRequestHandler.send_header is send_header and send_header._keep_alive
 
 
 def test_backend_lookup_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
