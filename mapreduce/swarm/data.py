@@ -3,7 +3,8 @@
 ``sklearn.datasets.load_digits`` reads 1,797 8x8 images (10 classes, pixels 0..16) from a file inside the
 scikit-learn wheel: nothing is downloaded at run time. A fixed, stratified fifth is held out for
 testing; the rest is shuffled with a fixed seed and cut into one disjoint shard per peer, so peers' gradients
-differ and averaging them matters. Every process that builds ``Digits(peers)`` gets the same split.
+differ and averaging them matters. Every process that builds ``Digits(peers)`` gets the same split: the peers, and
+the swarm's orchestrator when it replays the run on one machine (swarm/replay.py).
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from .data import Digits
 from .model import make_model
 from .ops import metrics_urls, plots_line
 from .orchestrator import Swarm, SwarmConfig
+from .replay import Equivalence, Training, compare_with_single_process
 
 
 def run_swarm(cfg: SwarmConfig) -> int:
@@ -47,7 +48,10 @@ def run_swarm(cfg: SwarmConfig) -> int:
             swarm.stop()
         plots = plots_line(swarm, s3, first)  # while the S3 server is up: it reads the validator's bucket
         injected = dict(proxy.counts)
-    code = table.finish(time.monotonic() - started)
+    training = Training(spec, [p["hotkey"] for p in swarm.ids["peers"]], cfg.model, cfg.lr, cfg.batch)
+    equivalence = compare_with_single_process(swarm.dir, training, swarm.peer_windows(),
+                                              range(first, first + cfg.windows))
+    code = table.finish(time.monotonic() - started, equivalence)
     if cfg.faults:
         print(f"injected: {injected.get('error', 0)} x 503, "
               f"{injected.get('reset_before', 0) + injected.get('reset_mid', 0)} resets, "
@@ -143,8 +147,9 @@ class WindowTable:
                              + "; ".join(f"{c['miner'][:8]} s{c['segment']} {c['status']} {c['reason']}"
                                          for c in bad))
 
-    def finish(self, seconds: float) -> int:
-        """Print the checks over every window; the exit code (0 when all passed)."""
+    def finish(self, seconds: float, equivalence: Equivalence) -> int:
+        """Print the checks over every window and the comparison with single-process training; the exit code (0
+        when all passed)."""
         print()
         if self.losses:
             went_down = self.losses[-1] < self.losses[0]
@@ -164,6 +169,10 @@ class WindowTable:
                 self.failures.append("test accuracy did not go up")
         print(f"largest |averaged - reference mean| over all peers and windows: "
               f"{max(self.worst, default=float('nan')):.3e}")
+        print(equivalence.line())
+        if equivalence.failed:
+            self.failures.append(f"the swarm's final weights are off single-process training's by "
+                                 f"{equivalence.worst:.3e} > {equivalence.bound:.1e}")
         print(f"lost windows for honest peers: {len(self.lost)} of {self.cfg.windows}"
               + (f" ({self.lost})" if self.lost else ""))
         for n in self.notes:

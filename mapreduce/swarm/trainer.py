@@ -3,7 +3,8 @@
 Run by the swarm as ``python -m mapreduce peer --run-dir DIR --index I``. Each window it computes a gradient on
 a batch of its own shard of the digits (swarm/data.py), calls :meth:`Peer.allreduce`, applies the averaged
 gradient, and saves both gradients (local safetensors files, for the swarm's reference check) and a JSON line of
-what happened, with the test set's loss and accuracy after the step.
+what happened, with the test set's loss and accuracy after the step. After the last window it saves its weights
+(``final.safetensors``), which the swarm compares with training on one machine (swarm/replay.py).
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ import torch
 from storage import RetryConfig, S3Config, TransferConfig
 
 from ..chain.local import LocalChain
+from ..flat import flatten
 from ..network import Network, StorePool
 from ..peer import Peer, PeerConfig
 from ..spec import RunSpec
 from ..wire.signing import Signer
 from .data import Digits
-from .model import apply_average, local_gradient, make_model, make_optimizer
+from .model import TORCH_THREADS, apply_average, local_gradient, make_model, make_optimizer
 
 log = logging.getLogger("mapreduce.trainer")
 
@@ -47,6 +49,8 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
         await peer.setup()
         (out / "ready").write_text("1")
 
+        # as many torch threads as the single-process replay uses, so that both compute the same bits (model.py)
+        torch.set_num_threads(TORCH_THREADS)
         model = make_model(**cfg["model"])
         optimizer = make_optimizer(model, cfg["lr"])
         data = Digits(len(cfg["peers"]))
@@ -62,7 +66,7 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
             local = {n: g.clone() for n, g in grads.items()}
             apply_average(model, optimizer, result.tensors)
             eval_loss, test_accuracy = data.evaluate(model)
-            safetensors.torch.save_file({"local": torch.cat([g.reshape(-1) for g in local.values()]),
+            safetensors.torch.save_file({"local": flatten(spec, local),
                                          "averaged": result.flat.clone()}, out / f"w{window}.safetensors")
             line = {"window": window, "train_loss": train_loss, "eval_loss": eval_loss,
                     "test_accuracy": test_accuracy,
@@ -76,5 +80,8 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
             log.info("peer %d window %d: loss %.4f eval %.4f accuracy %.3f, %d peers, %s", index, window, train_loss,
                      eval_loss, test_accuracy, result.peers_included,
                      "all replicas" if not result.fallbacks else f"{len(result.fallbacks)} fallbacks")
+        # what the swarm compares with single-process training at the end (replay.py)
+        safetensors.torch.save_file({n: p.detach().clone() for n, p in model.named_parameters()},
+                                    out / "final.safetensors")
     finally:
         await net.pool.close()
