@@ -27,7 +27,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, without installing
 
 from mapreduce import Broadcaster, BucketLocation, LocalChain, Network, Peer, Signer, StorePool  # noqa: E402
-from mapreduce.swarm.model import Mixture, make_model  # noqa: E402
+from mapreduce.swarm.data import Digits  # noqa: E402
+from mapreduce.swarm.model import make_model  # noqa: E402
 from mapreduce.swarm.orchestrator import PUBLIC_KEY_ID, PUBLIC_SECRET, Swarm, SwarmConfig  # noqa: E402
 from mapreduce.wire.keys import report_key  # noqa: E402
 from mapreduce.wire.records import decode_report  # noqa: E402
@@ -36,7 +37,8 @@ from storage import EmbeddedS3  # noqa: E402
 
 # -- the program: one rank ---------------------------------------------------------------------------------------
 
-async def train(rank: int, net: Network, bucket: str, sender: str, first: int, steps: int, cfg: SwarmConfig) -> dict:
+async def train(rank: int, net: Network, bucket: str, sender: str, first: int, steps: int, cfg: SwarmConfig,
+                data: Digits) -> dict:
     """What each rank runs. ``first`` is the broadcast's window; training uses the ``steps`` windows after it."""
     model = make_model(**cfg.model, seed=100 + rank)  # every rank starts from different weights...
     peer, caster = Peer(net, bucket), Broadcaster(net, bucket)
@@ -53,9 +55,9 @@ async def train(rank: int, net: Network, bucket: str, sender: str, first: int, s
     out["after_broadcast"] = [p.detach().clone() for p in model.parameters()]
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    data, shard = Mixture(dim=cfg.model["dim"], classes=cfg.model["classes"]), torch.Generator().manual_seed(rank)
+    batches = data.batches(rank, cfg.batch)
     for step in range(steps):
-        x, y = data.batch(cfg.batch, shard)  # each rank its own data...
+        x, y = next(batches)  # each rank its own shard of the digits...
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         result = await peer.allreduce({n: p.grad for n, p in model.named_parameters()}, window=first + 1 + step)
@@ -105,7 +107,8 @@ async def run_ranks(swarm: Swarm, s3: EmbeddedS3, chain: LocalChain, peers: int,
             nets.append((net, bucket))
         # The next window whose directory lists every rank: all ranks then draw the same plans.
         first = swarm.spec.windows.first_window_anchored_after(chain.current_block())
-        return await asyncio.gather(*(train(i, net, bucket, signers[0].hotkey, first, steps, swarm.cfg)
+        data = Digits(peers)  # one shard per rank
+        return await asyncio.gather(*(train(i, net, bucket, signers[0].hotkey, first, steps, swarm.cfg, data)
                                       for i, (net, bucket) in enumerate(nets)))
     finally:
         await pool.close()

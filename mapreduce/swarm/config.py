@@ -33,8 +33,10 @@ class SwarmConfig:
     fallback: typing.Literal["reduce", "own"] = field(default="reduce", metadata={
         "help": "what a peer does with a segment no miner delivered: reduce it itself, or keep its own gradient"})
     lr: float = field(default=0.01, metadata={"help": "the peers' Adam learning rate"})
-    batch: int = field(default=256, metadata={"help": "examples per peer per step"})
-    model: dict = field(default_factory=lambda: {"dim": 32, "hidden": 128, "classes": 10}, metadata={
+    batch: int = field(default=256, metadata={
+        "help": "examples per peer per step, drawn from its own shard of the digits (all of it when smaller)"})
+    # dim and classes are the digits' (swarm/data.py): 8x8 pixels, 10 classes
+    model: dict = field(default_factory=lambda: {"dim": 64, "hidden": 128, "classes": 10}, metadata={
         "help": "the MLP's sizes", "flag": False})
     run_dir: Path | None = field(default=None, metadata={"help": "where the run writes; default: runs/<run-id>"})
     timeout: float | None = field(default=None, metadata={

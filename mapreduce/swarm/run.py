@@ -8,8 +8,11 @@ import time
 from storage import EmbeddedS3, FaultPlan, FaultProxy
 
 from ..chain.local import LocalChain
+from .data import Digits
+from .model import make_model
 from .ops import metrics_urls, plots_line
 from .orchestrator import Swarm, SwarmConfig
+from .replay import Equivalence, Training, compare_with_single_process
 
 
 def run_swarm(cfg: SwarmConfig) -> int:
@@ -45,7 +48,10 @@ def run_swarm(cfg: SwarmConfig) -> int:
             swarm.stop()
         plots = plots_line(swarm, s3, first)  # while the S3 server is up: it reads the validator's bucket
         injected = dict(proxy.counts)
-    code = table.finish(time.monotonic() - started)
+    training = Training(spec, [p["hotkey"] for p in swarm.ids["peers"]], cfg.model, cfg.lr, cfg.batch)
+    equivalence = compare_with_single_process(swarm.dir, training, swarm.peer_windows(),
+                                              range(first, first + cfg.windows))
+    code = table.finish(time.monotonic() - started, equivalence)
     if cfg.faults:
         print(f"injected: {injected.get('error', 0)} x 503, "
               f"{injected.get('reset_before', 0) + injected.get('reset_mid', 0)} resets, "
@@ -66,6 +72,8 @@ LEGEND = """\
   checked    validator checks that passed / checks made; latency: their median seconds from the settle time
              until the validator first saw the output
   peer s     the slowest peer's seconds for its allreduce (upload, wait for the reduce phase, download)
+  loss       training loss on the peers' own batches before the step; eval and acc: loss and accuracy on the
+             held-out test digits after the step. All three are means over peers
   max |diff| largest |peer average - exact mean of every peer's gradient|; bound: what fp32 accumulation allows;
              match: max |diff| <= bound
   scores     per miner, this window's score / its EMA (the weight it earns; it starts at 0 and climbs). An
@@ -84,11 +92,12 @@ class WindowTable:
         self.notes: list[str] = []  # with faults injected, fallbacks and late outputs are expected: not failures
         self.lost: list[int] = []  # windows in which some honest peer did not get the exact full average
         self.losses: list[float] = []
+        self.accuracies: list[float] = []
         self.worst: list[float] = []
 
     def header(self) -> None:
         header = (f"{'window':>6} {'peers':>5} {'reduced':>7} {'checked':>7} {'fallbacks':>9} {'latency':>8} "
-                  f"{'peer s':>6} {'loss':>7} {'eval':>7} {'max |diff|':>10} {'bound':>8} {'match':>5}  "
+                  f"{'peer s':>6} {'loss':>7} {'eval':>7} {'acc':>5} {'max |diff|':>10} {'bound':>8} {'match':>5}  "
                   "scores (window/ema)")
         print(LEGEND)
         print(header)
@@ -115,11 +124,13 @@ class WindowTable:
         loss = statistics.mean(r["train_loss"] for r in rows)
         eval_loss = statistics.mean(r["eval_loss"] for r in rows)
         self.losses.append(eval_loss)
+        accuracy = statistics.mean(r["test_accuracy"] for r in rows)
+        self.accuracies.append(accuracy)
         scores = " ".join(f"m{i}:{report.get('scores', {}).get(h, 0):.2f}/{report.get('ema', {}).get(h, 0):.2f}"
                           for i, h in enumerate(self.miners))
         print(f"{w:>6} {included:>2}/{cfg.peers:<2} {reduced:>3}/{cfg.segments:<3} {ok_checks:>3}/{len(checks):<3} "
               f"{fallbacks:>9} {latency:>8} {max(r['seconds'] for r in rows):>6.2f} {loss:>7.4f} {eval_loss:>7.4f} "
-              f"{worst:>10.2e} {bound:>8.1e} {'yes' if match else 'NO':>5}  {scores}", flush=True)
+              f"{accuracy:>5.3f} {worst:>10.2e} {bound:>8.1e} {'yes' if match else 'NO':>5}  {scores}", flush=True)
         if included != cfg.peers or not match:
             self.lost.append(w)
         if included != cfg.peers:
@@ -136,8 +147,9 @@ class WindowTable:
                              + "; ".join(f"{c['miner'][:8]} s{c['segment']} {c['status']} {c['reason']}"
                                          for c in bad))
 
-    def finish(self, seconds: float) -> int:
-        """Print the checks over every window; the exit code (0 when all passed)."""
+    def finish(self, seconds: float, equivalence: Equivalence) -> int:
+        """Print the checks over every window and the comparison with single-process training; the exit code (0
+        when all passed)."""
         print()
         if self.losses:
             went_down = self.losses[-1] < self.losses[0]
@@ -145,8 +157,22 @@ class WindowTable:
                   f"{'went down' if went_down else 'DID NOT go down'}")
             if not went_down:
                 self.failures.append("eval loss did not go down")
+        if self.accuracies:
+            # from the shared initial weights (every peer starts from make_model's seed) to after the last window
+            digits = Digits(self.cfg.peers)
+            initial = digits.evaluate(make_model(**self.cfg.model))[1]
+            went_up = self.accuracies[-1] > initial
+            print(f"test accuracy {initial:.2f} -> {self.accuracies[-1]:.2f} (initial weights -> after the last "
+                  f"window, mean over peers, on {len(digits.test[1])} held-out digits): "
+                  f"{'went up' if went_up else 'DID NOT go up'}")
+            if not went_up:
+                self.failures.append("test accuracy did not go up")
         print(f"largest |averaged - reference mean| over all peers and windows: "
               f"{max(self.worst, default=float('nan')):.3e}")
+        print(equivalence.line())
+        if equivalence.failed:
+            self.failures.append(f"the swarm's final weights are off single-process training's by "
+                                 f"{equivalence.worst:.3e} > {equivalence.bound:.1e}")
         print(f"lost windows for honest peers: {len(self.lost)} of {self.cfg.windows}"
               + (f" ({self.lost})" if self.lost else ""))
         for n in self.notes:

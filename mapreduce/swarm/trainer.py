@@ -1,8 +1,10 @@
 """A swarm peer: trains the small model, averaging its gradient with the other peers every window.
 
 Run by the swarm as ``python -m mapreduce peer --run-dir DIR --index I``. Each window it computes a gradient on
-its own shard, calls :meth:`Peer.allreduce`, applies the averaged gradient, and saves both gradients (local
-safetensors files, for the swarm's reference check) and a JSON line of what happened.
+a batch of its own shard of the digits (swarm/data.py), calls :meth:`Peer.allreduce`, applies the averaged
+gradient, and saves both gradients (local safetensors files, for the swarm's reference check) and a JSON line of
+what happened, with the test set's loss and accuracy after the step. After the last window it saves its weights
+(``final.safetensors``), which the swarm compares with training on one machine (swarm/replay.py).
 """
 from __future__ import annotations
 
@@ -15,16 +17,17 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from torch import nn
 
 from storage import RetryConfig, S3Config, TransferConfig
 
 from ..chain.local import LocalChain
+from ..flat import flatten
 from ..network import Network, StorePool
 from ..peer import Peer, PeerConfig
 from ..spec import RunSpec
 from ..wire.signing import Signer
-from .model import Mixture, make_model
+from .data import Digits
+from .model import TORCH_THREADS, apply_average, local_gradient, make_model, make_optimizer
 
 log = logging.getLogger("mapreduce.trainer")
 
@@ -46,33 +49,27 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
         await peer.setup()
         (out / "ready").write_text("1")
 
+        # as many torch threads as the single-process replay uses, so that both compute the same bits (model.py)
+        torch.set_num_threads(TORCH_THREADS)
         model = make_model(**cfg["model"])
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-        data = Mixture(dim=cfg["model"]["dim"], classes=cfg["model"]["classes"])
-        shard = torch.Generator().manual_seed(1000 + index)
-        held_out = data.batch(1024, torch.Generator().manual_seed(99))
-        loss_fn = nn.CrossEntropyLoss()
+        optimizer = make_optimizer(model, cfg["lr"])
+        data = Digits(len(cfg["peers"]))
+        batches = data.batches(index, cfg["batch"])
 
         while not (run_dir / "start_window").exists():
             await asyncio.sleep(0.1)
         first = int((run_dir / "start_window").read_text())
         for window in range(first, first + cfg["windows"]):
-            x, y = data.batch(cfg["batch"], shard)
-            optimizer.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            train_loss = loss.item()  # a plain number (float() of a tensor that requires grad warns)
-            grads = {n: p.grad for n, p in model.named_parameters()}
+            x, y = next(batches)
+            train_loss, grads = local_gradient(model, x, y)
             result = await peer.allreduce(grads, window=window)
             local = {n: g.clone() for n, g in grads.items()}
-            for n, p in model.named_parameters():
-                p.grad.copy_(result.tensors[n])
-            optimizer.step()
-            with torch.no_grad():
-                eval_loss = float(loss_fn(model(held_out[0]), held_out[1]))
-            safetensors.torch.save_file({"local": torch.cat([g.reshape(-1) for g in local.values()]),
+            apply_average(model, optimizer, result.tensors)
+            eval_loss, test_accuracy = data.evaluate(model)
+            safetensors.torch.save_file({"local": flatten(spec, local),
                                          "averaged": result.flat.clone()}, out / f"w{window}.safetensors")
             line = {"window": window, "train_loss": train_loss, "eval_loss": eval_loss,
+                    "test_accuracy": test_accuracy,
                     "seconds": result.seconds, "peers_included": result.peers_included,
                     "sources": [s.source for s in result.segments],
                     "included_self": all(s.included_self for s in result.segments),
@@ -80,8 +77,11 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
                     "bytes_down": result.bytes_downloaded, "time": time.time()}
             with open(out / "windows.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
-            log.info("peer %d window %d: loss %.4f eval %.4f, %d peers, %s", index, window, train_loss, eval_loss,
-                     result.peers_included, "all replicas" if not result.fallbacks else
-                     f"{len(result.fallbacks)} fallbacks")
+            log.info("peer %d window %d: loss %.4f eval %.4f accuracy %.3f, %d peers, %s", index, window, train_loss,
+                     eval_loss, test_accuracy, result.peers_included,
+                     "all replicas" if not result.fallbacks else f"{len(result.fallbacks)} fallbacks")
+        # what the swarm compares with single-process training at the end (replay.py)
+        safetensors.torch.save_file({n: p.detach().clone() for n, p in model.named_parameters()},
+                                    out / "final.safetensors")
     finally:
         await net.pool.close()

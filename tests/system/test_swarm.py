@@ -1,6 +1,7 @@
 """The README's main job, as a user runs it: real processes, the embedded S3 server, the local chain."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,13 @@ def test_swarm_runs_trains_and_matches_the_reference(tmp_path) -> None:
     assert "went down" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
     assert len(rows) == 3 and all(" yes " in r for r in rows)
+    # the held-out digits: better than chance after three windows
+    accuracy = re.search(r"^test accuracy (\d\.\d+) -> (\d\.\d+) .*: went up$", out.stdout, re.M)
+    assert accuracy and float(accuracy[1]) < 0.2 < 0.5 < float(accuracy[2]), out.stdout[-2000:]
+    # every peer's final weights are those of training on one machine with the exact mean (swarm/replay.py)
+    matches = re.search(r"^matches single-process training: max \|w - w_ref\| = (\S+), bound (\S+) ", out.stdout,
+                        re.M)
+    assert matches and float(matches[1]) <= float(matches[2]), out.stdout[-2000:]
     # every process left a log, and the validator kept its state
     logs = {p.name for p in (tmp_path / "run" / "logs").iterdir()}
     assert {"miner-0.log", "miner-1.log", "miner-2.log", "validator-0.log", "peer-0.log"} <= logs
