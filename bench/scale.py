@@ -194,6 +194,14 @@ def _range_read(span: int, data_len: int) -> tuple[int, float]:
     return 2, chunk_bytes + hashtree.DIGEST * group_leaves
 
 
+def _chunk_read(span: int, data_len: int) -> tuple[int, float]:
+    """(requests, bytes) of `RangeReader.read_chunks` of a range widened to whole chunks (audit.sample_ranges, new
+    design): the leaves of the one group it lies in (ranges of at most a group's chunks), then the chunks."""
+    c = hashtree.CHUNK_BYTES
+    leaves = hashtree.leaf_count(data_len)
+    return 2, min(data_len, -(-span // c) * c) + hashtree.DIGEST * min(leaves, hashtree.GROUP_LEAVES)
+
+
 def holders(S: int, r: int, M: int) -> list[list[int]]:
     """The miners (by their place in the plan's shuffled order) holding each segment: the plan deals S * r
     replicas round-robin over the miners (mapreduce/plan.py)."""
@@ -289,7 +297,8 @@ def predict(P: int, M: int, S: int, r: int = 2, V: int = 1, *, design: str = DES
     # each: the leaves, then the chunks).
     in_open = [_first_read(z.input, z.input_header, _guess(z.input, i)) for i in range(P)]
     seg_elements = z.segment_data // z.itemsize if z.itemsize else k.spot_check_elements
-    in_range = _range_read(min(k.spot_check_elements, seg_elements) * z.itemsize, z.segment_data)
+    read = _chunk_read if design == "new" else _range_read  # new: ranges are whole chunks
+    in_range = read(min(k.spot_check_elements, seg_elements) * z.itemsize, z.segment_data)
     audit_ranged = sum(n for n, _ in in_open) + k.spot_check_ranges * P * in_range[0]
     audit_bytes = sum(b for _, b in in_open) + k.spot_check_ranges * P * in_range[1]
     if design == "today":
@@ -356,11 +365,11 @@ def predict(P: int, M: int, S: int, r: int = 2, V: int = 1, *, design: str = DES
     # The new validator checks the set of its sampled ranges: two draws of the same range (a segment hardly longer
     # than a range) are read once.
     seg_numel = z.segment_data // z.itemsize if z.itemsize else k.range_elements
-    starts = max(1, seg_numel - k.range_elements + 1)
-    ranges = (starts * (1 - (1 - 1 / starts) ** k.ranges_per_segment) if design == "new"
-              else k.ranges_per_segment)
+    # new: distinct whole chunks (sample_ranges draws places without repeating them)
+    chunks = max(1, hashtree.leaf_count(z.segment_data))
+    ranges = min(chunks, k.ranges_per_segment) if design == "new" else k.ranges_per_segment
     v_span = min(k.range_elements, seg_numel) * z.itemsize
-    v_in, v_out = _range_read(v_span, z.segment_data), _range_read(v_span, out_data)
+    v_in, v_out = read(v_span, z.segment_data), read(v_span, out_data)
     proof_span = int((1 + (v_span - 1) / hashtree.CHUNK_BYTES) * P * hashtree.PROOF_BYTES)
     v_proof = _range_read(proof_span, out_data)
     slot_ranged = sum(n for n, _ in in_chk) + out_chk[0] + ranges * (v_out[0] + v_proof[0] + P * v_in[0])
@@ -577,7 +586,7 @@ async def run_case(server: EmbeddedS3 | MemoryS3, case: ScaleCase, cfg: ScaleCon
         window_seconds, fallbacks, checks, not_ok = [], 0, 0, []
         audits, sampled = [], []  # random draws, per window: outputs a peer audited, segments a validator checked
         sizes = None
-        itemsize = torch.empty(0, dtype=spec.torch_wire_dtype).element_size()
+        itemsize = spec.wire.data_dtype.itemsize
         for window in range(1, cfg.windows + 1):
             w0 = time.perf_counter()
             before = {role: [n.pool.stats.snapshot() for n in group] for role, group in cluster.nets.items()}
