@@ -7,7 +7,7 @@ On the embedded S3 server (moto, subprocess, 127.0.0.1), in this order:
 1. the server's raw rates (boto3 configured as the project's client, concurrent PUT then GET) for each window's
    input size;
 2. window rounds (`bench.window`) for P=4 x 64 MiB, P=8 x 32 MiB and P=16 x 16 MiB in fp32, and P=4 x 64 MiB in
-   bf16: the round time against the server limit (the bytes the protocol must move / the raw rates), against the
+   bf16 and in int8 (mapreduce/wire/formats.py): the round time against the server limit (the bytes the protocol must move / the raw rates), against the
    naive all-gather through the same server with plain boto3 (`bench.naive`: every peer PUTs its gradient and GETs
    everyone else's), against hivemind 1.1.12's averaging (`bench/hivemind_round.py`, in the separate
    ``.venv-baselines`` that ``make bench-baselines`` builds; "skipped" without it) and against gloo;
@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mapreduce.wire.formats import FORMATS
 from storage import EmbeddedS3
 
 from .baselines import Hivemind, ServerRates, gloo_allreduce_seconds, hivemind_averaging, server_rates
@@ -55,7 +56,8 @@ def _cases(quick: bool, diagnostics: bool = False) -> list[WindowCase]:
     cases = [WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2),
              WindowCase(8, 32 // scale, segments=2, miners=2, redundancy=2),
              WindowCase(16, 16 // scale, segments=4, miners=4, redundancy=2),
-             WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, wire_dtype="bfloat16")]
+             WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, wire_dtype="bfloat16"),
+             WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, wire_dtype="int8")]
     if diagnostics:  # what the peers' audits cost on this server (each ranged GET reads the whole object)
         cases.append(WindowCase(4, 64 // scale, segments=2, miners=2, redundancy=2, spot_check=False))
     return cases
@@ -68,7 +70,7 @@ def _baseline_case(case: WindowCase) -> bool:
 
 def _object_bytes(case: WindowCase) -> int:
     """The size of one input object's data: one segment in the wire dtype."""
-    return case.mib_per_peer * MiB // case.segments // (2 if case.wire_dtype == "bfloat16" else 1)
+    return case.mib_per_peer * MiB // 4 // case.segments * FORMATS[case.wire_dtype].data_dtype.itemsize
 
 
 def _best_rates(measured: list[ServerRates]) -> ServerRates:
@@ -186,8 +188,8 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                                 ref.error_rel * 1e6 if ref else None, unit="ppm", higher_is_better=False,
                                 note=f"||avg - mean|| / ||mean||, baseline fp32 wire; max |avg - mean| / max |mean| "
                                      f"{t.error_max:.1e} (fp32 {ref.error_max if ref else float('nan'):.1e})"))
-                summary.append(f"bf16 error {t.error_rel:.1e} (fp32 {ref.error_rel:.1e})" if ref else
-                               f"bf16 error {t.error_rel:.1e}")
+                summary.append(f"{case.wire_dtype} error {t.error_rel:.1e}"
+                               + (f" (fp32 {ref.error_rel:.1e})" if ref else ""))
             fb = sum(x.fallbacks for x in ts)
             bad = [c for x in ts for c in x.checks_bad]
             if fb or bad:  # every round must be correct for its time to mean anything

@@ -17,6 +17,7 @@ import torch
 
 from mapreduce.wire.codec import Expect, ObjectMeta, decode, encode
 from mapreduce.inputs import _decode_and_prove
+from mapreduce.wire.formats import FORMATS
 from mapreduce.wire.keys import make_tag
 from mapreduce.wire.proof import proof_salt
 from mapreduce.reduce import Accumulator
@@ -81,13 +82,14 @@ def reduce_rates(segment_bytes: int, inputs: int = 4, reps: int = 3) -> ReduceRa
     def whole() -> None:
         acc = Accumulator(numel)
         for i, (key, buf) in enumerate(objects):
-            decoded, proof = _decode_and_prove(buf, key, expect, salt)
-            acc.add(f"p{i:03d}", decoded.sha256, decoded.tensors["data"], proof)
+            decoded, values, proof = _decode_and_prove(buf, key, expect, salt, FORMATS["float32"])
+            acc.add(f"p{i:03d}", decoded.sha256, values, proof)
 
     seconds = _best(whole, reps)
     key, buf = objects[0]
     stages["decode (verify)"] = _best(lambda: decode(buf, key, expect), reps)
-    stages["prove"] = _best(lambda: _decode_and_prove(buf, key, expect, salt), reps) - stages["decode (verify)"]
+    stages["prove"] = (_best(lambda: _decode_and_prove(buf, key, expect, salt, FORMATS["float32"]), reps)
+                       - stages["decode (verify)"])
     acc = Accumulator(numel)
     t = decode(buf, key, expect).tensors["data"]
     stages["add"] = _best(lambda: acc.add(f"p{len(acc.hotkeys):05d}", "", t), reps)

@@ -39,6 +39,7 @@ from .windows import from_the_future, on_time
 from .wire import hashtree, keys, strictjson
 from .wire.codec import Expect, ObjectMeta
 from .wire.expect import record_max_bytes
+from .wire.formats import WireFormat
 from .wire.names import check_hotkey
 from .wire.partial import RangeReader
 from .wire.proof import chunk_rows
@@ -264,17 +265,25 @@ def check_proof_shape(proof_shape: tuple[int, ...], inputs: list[tuple[str, str]
 
 async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tensor]],
                                inputs: list[RangeReader], ranges: list[tuple[int, int]],
-                               wire_dtype: torch.dtype, proof: ProofRows | None = None,
+                               wire: WireFormat, proof: ProofRows | None = None,
                                salt: bytes = b"") -> float:
-    """``||o - r|| / (||r|| + eps)`` over ``ranges``: ``o`` read through ``output``, ``r`` recomputed.
+    """``||o - r|| / (||r|| + eps)`` over ``ranges``: ``o`` read through ``output``, ``r`` recomputed from the
+    inputs' values there, decoded as ``wire`` says (an int8 input's scales are read too).
 
     With ``proof``, the output's proof-of-possession rows of every input chunk read are checked as well
     (:mod:`mapreduce.wire.proof`), at no extra cost in input reads.
     """
+    async def values(reader: RangeReader, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
+        data, first, chunks = await reader.read_chunks("data", start, end)
+        if wire.scale_block:
+            scale = await reader.read("scale", *wire.scale_span(start, end))
+            data = wire.decode_range(data, scale, start)
+        return data, first, chunks
+
     async def one(start: int, end: int) -> tuple[float, float]:
         # The output's and the inputs' reads at once (each a few KiB: latency-bound); the sum below still adds the
         # inputs in canonical order.
-        got, *reads = await asyncio.gather(output(start, end), *(r.read_chunks("data", start, end) for r in inputs))
+        got, *reads = await asyncio.gather(output(start, end), *(values(r, start, end) for r in inputs))
         got = got.double()
         slices = [values for values, _, _ in reads]
         if proof is not None and reads:
@@ -289,7 +298,7 @@ async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tens
                 if mine != chunk_rows(chunks, salt):
                     raise Wrong(f"proof of possession fails for input {index} (chunks {first}-{last - 1}): "
                                 "the miner did not hold that input")
-        want = reduce_slices(slices, wire_dtype).double()
+        want = reduce_slices(slices, wire.output_dtype).double()
         return float(torch.sum((got - want) ** 2)), float(torch.sum(want ** 2))
 
     sums = await asyncio.gather(*(one(start, end) for start, end in ranges))  # every range at once, too

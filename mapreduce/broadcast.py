@@ -169,7 +169,7 @@ class Broadcaster:
                             receipt: BroadcastReceipt, cutoff: asyncio.Future) -> None:
         replicas = plan.miners_for(seg.index)
         miners = [m for m in replicas if directory.accepts(m)]  # our own lists exclude the rest: no copy
-        copies = await sign_and_copy(self.net, plan.window, seg, "bcast", flat[seg.start:seg.end], torch.float32,
+        copies = await sign_and_copy(self.net, plan.window, seg, "bcast", flat[seg.start:seg.end], _copy_tensors,
                                      miners, self._sem, cutoff)
         receipt.sha256[seg.index] = copies.sha256
         receipt.bytes_uploaded += copies.bytes_sent
@@ -327,3 +327,8 @@ class Broadcaster:
             log.warning("window %d segment %d: broadcast copy at miner %s refused (%s): %s; trying the next "
                         "replica", window, seg.index, miner[:10], reason, detail)
         return None
+
+
+def _copy_tensors(values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A broadcast copy's tensors: fp32 whatever the run's wire format, so weights arrive exactly (wire/expect.py)."""
+    return {"data": values.to(torch.float32)}

@@ -27,6 +27,7 @@ from .reduce import Accumulator
 from .windows import from_the_future, on_time
 from .wire import keys
 from .wire.codec import decode
+from .wire.formats import WireFormat
 from .wire.keys import ObjectKey
 from .wire.proof import proof_rows
 
@@ -104,12 +105,14 @@ async def download_listed(bucket: Bucket, info: ObjectInfo, max_bytes: int) -> m
     return buf[:got.size]
 
 
-def _decode_and_prove(data, key: str, expect, salt: bytes | None):
+def _decode_and_prove(data, key: str, expect, salt: bytes | None, wire: WireFormat):
+    """Check a whole input; its values as the wire format decodes them, and with a salt its proof rows."""
     decoded = decode(data, key, expect)
+    values = wire.decode(decoded.tensors)
     if salt is None:
-        return decoded, None
+        return decoded, values, None
     raw = memoryview(decoded.tensors["data"].view(torch.uint8).numpy())
-    return decoded, proof_rows(raw, salt)
+    return decoded, values, proof_rows(raw, salt)
 
 
 async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, ref: InputRef,
@@ -122,7 +125,8 @@ async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, r
     expect = net.segment_expect(seg, allowed=directory.is_peer)
     try:
         data = await download_listed(bucket, ref.info, expect.max_bytes)
-        decoded, proof = await asyncio.to_thread(_decode_and_prove, data, ref.key, expect, salt)
+        decoded, values, proof = await asyncio.to_thread(_decode_and_prove, data, ref.key, expect, salt,
+                                                         net.spec.wire)
     except ObjectTooLarge as e:
         rejected["oversized"] += 1
         log.info("window %d segment %d: input from %s is oversized: %s", window, seg.index, ref.hotkey[:10], e)
@@ -136,7 +140,7 @@ async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, r
         rejected["unreadable"] += 1
         log.warning("window %d segment %d: input from %s unreadable: %s", window, seg.index, ref.hotkey[:10], e)
         return None
-    return decoded.sha256, decoded.tensors["data"], proof
+    return decoded.sha256, values, proof
 
 
 async def reduce_segment(net: Network, window: int, seg: Segment, bucket: Bucket, deadline: float,

@@ -215,7 +215,7 @@ class Miner:
                                    settle_at=self._settle_at.get(window))
         if not acc.count:
             return None
-        return Produced(acc.mean(self.net.spec.torch_wire_dtype), acc.inputs, torch.stack(acc.proofs))
+        return Produced(acc.mean(self.net.spec.wire.output_dtype), acc.inputs, torch.stack(acc.proofs))
 
     async def publish(self, window: int, seg: Segment, bucket: Bucket, produced: "Produced",
                       write_once: bool = True, is_ours=None) -> str:

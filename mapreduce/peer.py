@@ -222,7 +222,7 @@ class Peer:
         # the run's lists shaped the plan; this process's own lists only narrow whom we use
         miners = [m for m in plan.miners_for(seg.index) if directory.accepts(m)]
         copies = await sign_and_copy(self.net, plan.window, seg, "in", flat[seg.start:seg.end],
-                                     self.net.spec.torch_wire_dtype, miners, self._sem, cutoff)
+                                     self.net.spec.wire.encode, miners, self._sem, cutoff)
         receipt.sha256[seg.index] = copies.sha256
         receipt.bytes_uploaded += copies.bytes_sent
         if copies.stored:
@@ -494,7 +494,7 @@ class Peer:
                 raise Wrong(f"leaves out a valid input from {peer[:10]}")
         rng = random.Random()
         ranges = sample_ranges(rng, seg, self.config.spot_check_ranges, self.config.spot_check_elements,
-                               self.net.spec.torch_wire_dtype.itemsize)
+                               self.net.spec.wire.range_itemsize)
         ranges += differing_ranges(rng, c.values, others, self.config.spot_check_elements, self.config.settle_ranges)
         if not ranges:
             return
@@ -514,7 +514,7 @@ class Peer:
         async def rows(first: int, last: int) -> bytes:
             return proof[first:last].numpy().tobytes()
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, c.miner)
-        if await recompute_difference(output, readers, ranges, self.net.spec.torch_wire_dtype, rows, salt) > 0:
+        if await recompute_difference(output, readers, ranges, self.net.spec.wire, rows, salt) > 0:
             raise Wrong("output differs from the mean recomputed from its inputs")
 
     async def _valid_whole_input(self, plan: Plan, seg: Segment, bucket, peer: str, key, deadline: float,
@@ -549,12 +549,13 @@ class Peer:
                     continue
                 if acc.count:
                     included = self.hotkey in acc.hotkeys
-                    result.flat[seg.start:seg.end] = acc.mean(self.net.spec.torch_wire_dtype).float()
+                    result.flat[seg.start:seg.end] = acc.mean(self.net.spec.wire.output_dtype).float()
                     log.warning("window %d segment %d: no valid replica; reduced it ourselves from %d inputs",
                                 plan.window, seg.index, acc.count)
                     return SegmentResult(seg.index, "self-reduced", None, acc.count, included)
         log.warning("window %d segment %d: no valid replica and no inputs; keeping our own gradient",
                     plan.window, seg.index)
-        result.flat[seg.start:seg.end] = own[seg.start:seg.end].to(self.net.spec.torch_wire_dtype).float()
+        wire = self.net.spec.wire  # its own gradient as the miners would have seen it
+        result.flat[seg.start:seg.end] = wire.decode(wire.encode(own[seg.start:seg.end])).float()
         return SegmentResult(seg.index, "own", None, 1, True)
 

@@ -18,9 +18,9 @@ from typing import Any, Iterable
 import torch
 
 from .windows import WindowConfig
+from .wire.formats import FORMATS, WireFormat
 from .wire.names import check_hotkey, check_run_id
 
-WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class RunSpec:
             raise ValueError(f"segments must be between 1 and numel ({self.numel})")
         if self.redundancy < 1:
             raise ValueError("redundancy must be >= 1")
-        if self.wire_dtype not in WIRE_DTYPES:
-            raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}")
+        if self.wire_dtype not in FORMATS:
+            raise ValueError(f"wire_dtype must be one of {sorted(FORMATS)}")
         for name in ("allow_hotkeys", "deny_hotkeys"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -95,8 +95,9 @@ class RunSpec:
         return sum(t.numel for t in self.tensors)
 
     @property
-    def torch_wire_dtype(self) -> torch.dtype:
-        return WIRE_DTYPES[self.wire_dtype]
+    def wire(self) -> WireFormat:
+        """How inputs and outputs travel (mapreduce/wire/formats.py)."""
+        return FORMATS[self.wire_dtype]
 
     @classmethod
     def for_module(cls, run_id: str, named: Iterable[tuple[str, torch.Tensor]], **kw: Any) -> "RunSpec":

@@ -533,7 +533,7 @@ class Validator:
             segs = list(plan.segments_for(miner))
             for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
                 slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements,
-                                                           self.net.spec.torch_wire_dtype.itemsize)))
+                                                           self.net.spec.wire.range_itemsize)))
         return slots, rejected
 
     async def check(self, plan: Plan, obs: Observation, slots: list, rng: random.Random, rejected: Counter):
@@ -681,7 +681,7 @@ class Validator:
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
         check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
                                                       sorted(set(ranges) | set(extra)),
-                                                      self.net.spec.torch_wire_dtype, proof, salt)
+                                                      self.net.spec.wire, proof, salt)
         await self._settle_expected(plan, seg, bucket, listed, expected, elsewhere, rejected)
         check.expected = len(expected)
         check.included_expected = sum(expected[h][0] == s for h, s in listed.items() if h in expected)

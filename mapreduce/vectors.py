@@ -272,7 +272,7 @@ def objects(s: RunSpec | None = None) -> tuple[dict[str, bytes], list[dict[str, 
     for p, peer in enumerate(peers):
         values = peer_values(p, s.numel)
         for seg in (seg0, seg1) if p == 0 else (seg0,):
-            piece = values[seg.start:seg.end].to(s.torch_wire_dtype)
+            piece = values[seg.start:seg.end].to(s.wire.data_dtype)  # the vectors' run is fp32
             enc = codec.encode(codec.ObjectMeta(RUN, WINDOW, "in", peer.hotkey, seg.index), {"data": piece}, peer)
             owner = plan.miners_for(seg.index)[0]
             tag, tag_vector = tagged(peer, seg.index, "in", owner)
@@ -296,14 +296,14 @@ def objects(s: RunSpec | None = None) -> tuple[dict[str, bytes], list[dict[str, 
         start = 8 + n
         body = memoryview(data)[start:start + header["data"]["data_offsets"][1]]
         acc.add(hotkey, sha, piece, proof_rows(body, salt), tag)
-    mean = acc.mean(s.torch_wire_dtype)
+    mean = acc.mean(s.wire.output_dtype)
     listed = [[h, sha, t] for h, sha, t in acc.inputs]
     digest = hashlib.sha256(mean.numpy().tobytes()).hexdigest()
     proof = torch.stack(acc.proofs)  # [inputs, chunks, 8]
     meta = codec.ObjectMeta(RUN, WINDOW, "out", miner, 0, extra={
         "inputs": strictjson.dumps(listed), "count": str(len(listed)), "mean": digest})
     enc = codec.encode(meta, {"data": mean, "proof": proof.transpose(0, 1)}, me)
-    wrong = reduce_slices([piece for _, _, _, piece, _ in inputs], s.torch_wire_dtype)  # URI order: not canonical
+    wrong = reduce_slices([piece for _, _, _, piece, _ in inputs], s.wire.output_dtype)  # URI order: not canonical
     output = add("out-s00000", enc, keys.output_key(RUN, WINDOW, 0, miner), role="out", segment=0,
                  inputs=listed, count=len(listed), mean_sha256=digest,
                  mean_sha256_if_added_in_another_order=hashlib.sha256(

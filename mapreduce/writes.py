@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import torch
 
@@ -89,15 +89,16 @@ async def write_copies(net: Network, window: int, segment: int, role: str, miner
 
 
 async def sign_and_copy(net: Network, window: int, segment: Segment, role: str, values: torch.Tensor,
-                        dtype: torch.dtype, miners: list[str], limit: asyncio.Semaphore,
-                        cutoff: asyncio.Future | None = None) -> Copies:
-    """Sign ``values`` (as ``dtype``) as our ``role`` object of ``segment`` and write it once to each of ``miners``'
-    buckets (:func:`write_copies`): what a peer does with each segment of its gradient and a sender with each
-    segment of a broadcast. The conversion and signing hold one of ``limit``'s slots and run off the event loop,
-    so memory stays bounded by the slots, not the number of segments."""
+                        tensors: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], miners: list[str],
+                        limit: asyncio.Semaphore, cutoff: asyncio.Future | None = None) -> Copies:
+    """Sign ``tensors(values)`` as our ``role`` object of ``segment`` and write it once to each of ``miners``'
+    buckets (:func:`write_copies`): what a peer does with each segment of its gradient (``tensors``: the wire
+    format's encoding) and a sender with each segment of a broadcast. The encoding and signing hold one of
+    ``limit``'s slots and run off the event loop, so memory stays bounded by the slots, not the number of
+    segments."""
     async with limit:
         meta = ObjectMeta(net.spec.run_id, window, role, net.hotkey, segment.index)
-        obj: Encoded = await asyncio.to_thread(lambda: encode(meta, {"data": values.to(dtype)}, net.signer))
+        obj: Encoded = await asyncio.to_thread(lambda: encode(meta, tensors(values), net.signer))
     copies = await write_copies(net, window, segment.index, role, miners, obj.data, limit, cutoff)
     copies.sha256 = obj.sha256
     return copies

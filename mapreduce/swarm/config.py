@@ -28,8 +28,9 @@ class SwarmConfig:
     reduce_blocks: int = field(default=4, metadata={"help": "blocks of each window's reduce phase"})
     segments: int = field(default=6, metadata={"help": "segments the gradient is cut into"})
     redundancy: int = field(default=2, metadata={"help": "miners that reduce each segment"})
-    wire_dtype: typing.Literal["float32", "bfloat16"] = field(default="float32", metadata={
-        "help": "dtype of inputs and outputs on the wire"})
+    wire_dtype: typing.Literal["float32", "bfloat16", "int8"] = field(default="float32", metadata={
+        "help": "wire format: float32, bfloat16, or int8 inputs (a scale per 256 elements) with bf16 outputs "
+                "(mapreduce/wire/formats.py)"})
     fallback: typing.Literal["reduce", "own"] = field(default="reduce", metadata={
         "help": "what a peer does with a segment no miner delivered: reduce it itself, or keep its own gradient"})
     lr: float = field(default=0.01, metadata={"help": "the peers' Adam learning rate"})

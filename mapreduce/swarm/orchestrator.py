@@ -26,6 +26,7 @@ from storage import EmbeddedS3
 from ..chain.local import LocalChain
 from ..spec import RunSpec
 from ..windows import WindowConfig
+from ..wire.formats import FORMATS
 from ..wire.keys import report_key
 from ..wire.records import decode_report
 from ..wire.signing import Signer
@@ -250,15 +251,14 @@ class Swarm:
 
 
 def tolerance(local: torch.Tensor, wire_dtype: str) -> float:
-    """The stated bound: fp32 accumulation of P inputs in a fixed order, plus rounding to the wire dtype.
+    """The stated bound: fp32 accumulation of P inputs in a fixed order, plus the wire format's rounding.
 
     Each of the P additions rounds once in fp32 (relative 2^-24) on a partial sum no larger than P * max|g|, so
     the sum is off by at most P^2 * 2^-24 * max|g| and the mean by P * 2^-24 * max|g|; the division and the cast
-    to fp32 add 2^-24 * max|g|. With a bf16 wire, inputs and output are each rounded to bf16 (2^-8 relative).
+    to fp32 add 2^-24 * max|g|. The inputs' and the output's rounding (a bf16 wire: 2^-8 each; int8: half a
+    quantization step, max|g| / 254, then a bf16 output) add theirs (``WireFormat.rounding``).
     """
     p = local.shape[0]
     scale = float(local.abs().max())
-    bound = (p + 1) * 2.0 ** -24 * scale
-    if wire_dtype == "bfloat16":
-        bound += 2 * 2.0 ** -8 * scale
-    return bound
+    inputs, output = FORMATS[wire_dtype].rounding()
+    return ((p + 1) * 2.0 ** -24 + inputs + output) * scale

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..flat import flatten, unflatten
+from ..plan import segment_bounds
 from ..reduce import reduce_slices
 from ..spec import RunSpec
 from .data import Digits
@@ -63,7 +64,7 @@ def single_process_training(training: Training, windows: int,
     data = Digits(peers)
     batches = [data.batches(i, training.batch) for i in range(peers)]
     order = sorted(range(peers), key=lambda i: training.hotkeys[i])
-    wire = training.spec.torch_wire_dtype
+    wire = training.spec.wire
     with torch_threads():
         model = make_model(**training.model)
         optimizer = make_optimizer(model, training.lr)
@@ -72,7 +73,12 @@ def single_process_training(training: Training, windows: int,
             for i in range(peers):
                 _, grads = local_gradient(model, *next(batches[i]))
                 local.append(flatten(training.spec, grads))
-            mean = reduce_slices([local[i].to(wire) for i in order], wire).float()
+            mean = torch.empty(training.spec.numel)
+            for seg in segment_bounds(training.spec.numel, training.spec.segments):
+                # each peer's segment as its input decodes (an int8 input's rounding, per segment, included),
+                # reduced as a miner does
+                mean[seg.start:seg.end] = reduce_slices(
+                    [wire.decode(wire.encode(local[i][seg.start:seg.end])) for i in order], wire.output_dtype)
             if on_window is not None:
                 on_window(step, local, mean)
             apply_average(model, optimizer, unflatten(training.spec, mean))

@@ -33,11 +33,11 @@ from . import hashtree, strictjson
 from .keys import ObjectKey
 from .signing import Signer, verify
 
-VERSION = "4"  # 4: plans and directories anchored to a final block before the window (windows.finality_blocks)
+VERSION = "5"  # 5: the int8 wire format (I8 data and an F32 scale per 256 elements; wire/formats.py)
 LEAVES = "__leaves__"
-DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "U8": torch.uint8}
+DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "I8": torch.int8, "U8": torch.uint8}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
-_FLOAT = {"F32", "BF16"}
+FLOAT_CODES = {"F32", "BF16"}  # tensors whose values are checked finite and within the bound
 # Metadata keys the codec owns; everything else is role-specific ("extra") and still covered by the signature.
 _RESERVED = {"mr", "run", "window", "segment", "role", "hotkey", "sha256", "groups", "signature"}
 _SIG_PLACEHOLDER = "0" * 128
@@ -206,7 +206,8 @@ def encode(meta: ObjectMeta, tensors: Mapping[str, torch.Tensor], signer: Signer
     for off, t in flat:
         nbytes = t.numel() * t.element_size()
         if nbytes:
-            backing[data_start + off:data_start + off + nbytes].view(t.dtype).copy_(t.reshape(-1))
+            # as bytes: a tensor after an I8 one may start at an offset its dtype's size does not divide
+            backing[data_start + off:data_start + off + nbytes].copy_(t.reshape(-1).contiguous().view(torch.uint8))
     leaves = hashtree.compute_leaves(view[data_start:data_start + data_len],
                                      view[data_start + data_len:total])
     groups = hashtree.group_hashes(leaves)
@@ -399,7 +400,7 @@ def decode(buf: bytes | bytearray | memoryview, key: str, expect: Expect) -> Dec
     tensors = {}
     for name in expect.tensors:
         t = tensor_view(buf, header, name)
-        if header.entries[name].dtype in _FLOAT:
+        if header.entries[name].dtype in FLOAT_CODES:
             check_finite(name, t, expect.max_abs)
         tensors[name] = t
     return Decoded(meta=header.meta, sha256=header.sha256, tensors=tensors, size=len(buf))

@@ -7,8 +7,8 @@ the same rules.
 
 | object | tensors | signer | cap |
 | --- | --- | --- | --- |
-| input (``in``) | ``data``: wire dtype, the segment's length | a peer of the window | exact size + header |
-| output (``out``) | ``data`` as an input's; ``proof``: U8 ``[chunks, inputs, 16]`` | the miner | with one row per peer |
+| input (``in``) | the wire format's (``data``, and ``scale`` for int8: mapreduce/wire/formats.py) | a peer of the window | exact size + header |
+| output (``out``) | ``data``: the format's output dtype; ``proof``: U8 ``[input chunks, inputs, 8]`` | the miner | with one row per peer |
 | broadcast copy (``bcast``) | ``data``: F32, the segment's length | the sender | exact size + header |
 | upload record, broadcast record | none (JSON in the header) | the writer | the header cap |
 | evidence | ``headers``: U8, signed headers back to back | the peer | ``MAX_SERVED`` headers |
@@ -21,10 +21,8 @@ from typing import Callable
 from ..plan import Segment
 from ..spec import RunSpec
 from . import hashtree
-from .codec import DTYPES, Expect, expected_object_bytes
+from .codec import Expect, expected_object_bytes
 
-# The run spec's wire dtype -> its safetensors dtype code.
-WIRE_CODES = {"float32": "F32", "bfloat16": "BF16"}
 BROADCAST_DTYPE = "F32"  # broadcasts are sent as fp32, whatever the run's wire dtype: weights arrive exactly
 # A validator's report: per-miner rows for hundreds of miners fit easily; a larger one is not a report.
 MAX_REPORT_BYTES = 16 << 20
@@ -39,17 +37,24 @@ Signers = Callable[[str], bool]
 
 
 def input_expect(spec: RunSpec, segment: Segment, allowed: Signers) -> Expect:
-    """A peer's input of one segment: a single wire-dtype vector named ``data``, within the run's value bound."""
-    tensors = {"data": (WIRE_CODES[spec.wire_dtype], (segment.numel,))}
+    """A peer's input of one segment: the wire format's tensors, whose decoded values lie within the run's value
+    bound (an int8 input's scales within the bound / 128)."""
+    tensors = spec.wire.input_tensors(segment.numel)
     return Expect(tensors, allowed=allowed, max_bytes=expected_object_bytes(tensors, header_slack=spec.max_header_bytes),
-                  max_header_bytes=spec.max_header_bytes, max_abs=spec.max_abs_value)
+                  max_header_bytes=spec.max_header_bytes, max_abs=spec.wire.scale_bound(spec.max_abs_value))
+
+
+def input_chunks(spec: RunSpec, segment: Segment) -> int:
+    """Hash-tree chunks of an input's ``data``: the rows of an output's proof of possession (one per chunk and
+    input; an int8 input's ``scale`` is not proven, its bytes ride in the last chunks)."""
+    return hashtree.leaf_count(segment.numel * spec.wire.data_dtype.itemsize)
 
 
 def output_expect(spec: RunSpec, segment: Segment, miner: str, max_inputs: int) -> Expect:
     """A miner's output: the reduced ``data`` and one ``proof`` row per data chunk and input (chunk-major), sized for
     at most ``max_inputs`` inputs (the window's peers). The mean of inputs within the bound is within it too."""
-    chunks = hashtree.leaf_count(segment.numel * DTYPES[WIRE_CODES[spec.wire_dtype]].itemsize)
-    tensors = {"data": (WIRE_CODES[spec.wire_dtype], (segment.numel,)),
+    chunks = input_chunks(spec, segment)
+    tensors = {"data": (spec.wire.output_code, (segment.numel,)),
                "proof": ("U8", (chunks, None, hashtree.PROOF_BYTES))}
     largest = {"data": tensors["data"], "proof": ("U8", (chunks, max(1, max_inputs), hashtree.PROOF_BYTES))}
     return Expect(tensors, allowed=lambda h: h == miner,

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import HashMismatch, Oversized, Truncated
 from . import hashtree
-from .codec import DTYPES, Expect, Header, check_finite, header_end, parse_header
+from .codec import DTYPES, FLOAT_CODES, Expect, Header, check_finite, header_end, parse_header
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
@@ -77,7 +77,8 @@ class RangeReader:
 
     async def read_chunks(self, name: str, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
         """Like :meth:`read`, also returning the index of the first covering data chunk and the verified bytes of
-        the covering chunks (for proofs of possession, which are per chunk)."""
+        the covering chunks that belong to the tensor (for proofs of possession, which are per chunk of the tensor:
+        where another tensor follows in the last chunk, as an int8 input's scales do, its bytes are cut off)."""
         header = await self.open()
         entry = header.entries[name]
         numel = (entry.end - entry.start) // entry.itemsize
@@ -101,9 +102,10 @@ class RangeReader:
             if got != leaves[leaf:leaf + hashtree.DIGEST]:
                 raise HashMismatch(f"chunk {c} does not match its leaf hash")
 
+        chunks = chunks[:entry.end - lo]  # the tensor's own bytes (data starts at 0: chunk c is its chunk c)
         piece = bytearray(chunks[byte_start - lo:byte_end - lo])
         values = torch.frombuffer(piece, dtype=DTYPES[entry.dtype]) if piece else torch.empty(0)
-        if entry.dtype != "U8":
+        if entry.dtype in FLOAT_CODES:
             check_finite(name, values, self._expect.max_abs)
         return values, first_chunk, chunks
 

@@ -195,9 +195,9 @@ class AdversarialMiner(Miner):
                     continue
                 if k.segment is None or k.segment in self.forged or k.segment >= len(segments):
                     continue
-                fake = torch.zeros(segments[k.segment].numel, dtype=self.net.spec.torch_wire_dtype)
+                fake = self.net.spec.wire.encode(torch.zeros(segments[k.segment].numel))
                 obj = encode(ObjectMeta(self.net.spec.run_id, window, "in", self.net.hotkey, k.segment),
-                             {"data": fake}, self.net.signer)
+                             fake, self.net.signer)
                 await bucket.store.delete(bucket.name, info.key)  # its own bucket: it may replace the input
                 await bucket.store.put(bucket.name, info.key, obj.data)
                 self.forged[k.segment] = (info.key, obj.sha256, fake)
@@ -227,7 +227,7 @@ class AdversarialMiner(Miner):
                 acc.add(ref.hotkey, *got, tag=ref.tag)
         if not acc.count:
             return None
-        return Produced(acc.mean(self.net.spec.torch_wire_dtype), acc.inputs, torch.stack(acc.proofs))
+        return Produced(acc.mean(self.net.spec.wire.output_dtype), acc.inputs, torch.stack(acc.proofs))
 
     async def _copy(self, window: int, seg: Segment) -> Produced | None:
         """Wait for an honest replica's output and republish its data under our own name, never reading inputs:
@@ -265,13 +265,13 @@ class AdversarialMiner(Miner):
         acc = Accumulator(seg.numel)
         for ref in refs:
             if ref.key == forged_key:
-                acc.add(ref.hotkey, forged_sha, fake, proof_rows(memoryview(fake.view(torch.uint8).numpy()), salt),
-                        tag=ref.tag)
+                acc.add(ref.hotkey, forged_sha, self.net.spec.wire.decode(fake),
+                        proof_rows(memoryview(fake["data"].view(torch.uint8).numpy()), salt), tag=ref.tag)
                 continue
             got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)
             if got is not None:
                 acc.add(ref.hotkey, *got, tag=ref.tag)
-        return Produced(acc.mean(self.net.spec.torch_wire_dtype), acc.inputs, torch.stack(acc.proofs))
+        return Produced(acc.mean(self.net.spec.wire.output_dtype), acc.inputs, torch.stack(acc.proofs))
 
 
 MINER_BEHAVIOURS = ["zeros", "noise", "omits_one_peer", "copies", "late", "nan", "forges_input",

@@ -143,7 +143,7 @@ def test_object_headers_and_signatures(objs: dict[str, dict]) -> None:
         assert canonical == o["canonical_header"].encode()
         assert hashlib.sha256(canonical).hexdigest() == o["canonical_header_sha256"]
         message = codec._signed_message(header)
-        assert message == b"mapreduce/v4\n" + hashlib.sha256(canonical).digest()
+        assert message == b"mapreduce/v5\n" + hashlib.sha256(canonical).digest()
         assert message.hex() == o["signed_message"]
         assert verify(o["signer"], message, bytes.fromhex(o["signature"])), o["name"]
         assert o["signer"] == o["metadata"]["hotkey"]
@@ -212,7 +212,7 @@ def test_output_is_the_canonical_mean(spec: RunSpec, objs: dict[str, dict]) -> N
         got = codec.decode(raw(i), i["key"], _expect(spec, i))
         body = memoryview(raw(i))[i["data_start"]:i["data_start"] + i["tree_bytes"]]
         acc.add(hotkey, sha, got.tensors["data"], proof_rows(body, salt), tag)
-    mean = acc.mean(spec.torch_wire_dtype)
+    mean = acc.mean(spec.wire.output_dtype)
     assert torch.equal(mean, decoded.tensors["data"]) and mean_digest(mean) == o["mean_sha256"]
     assert mean_digest(mean) != o["mean_sha256_if_added_in_another_order"]
     proof = torch.stack(acc.proofs).transpose(0, 1)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mapreduce.flat import flatten, unflatten
+from mapreduce.plan import segment_bounds
 from mapreduce.reduce import Accumulator
 from mapreduce.spec import RunSpec
 from mapreduce.swarm.data import FEATURES, Digits
@@ -81,7 +82,7 @@ def peers_in_process(t: Training, windows: int) -> tuple[list[nn.Module], list[l
     """What separate peers compute when every average is every peer's: each its own model and optimizer, each
     segment reduced by a miner's Accumulator (the peers in sorted-hotkey order). Every peer's final model, and per
     peer per window its gradient and the average, as trainer.py saves them."""
-    spec, wire, peers = t.spec, t.spec.torch_wire_dtype, len(t.hotkeys)
+    spec, wire, peers = t.spec, t.spec.wire, len(t.hotkeys)
     data = Digits(peers)
     with torch_threads():
         models = [make_model(**t.model) for _ in range(peers)]
@@ -91,12 +92,12 @@ def peers_in_process(t: Training, windows: int) -> tuple[list[nn.Module], list[l
         for _ in range(windows):
             local = [flatten(spec, local_gradient(m, *next(b))[1]) for m, b in zip(models, batches)]
             average = torch.empty(spec.numel)
-            for segment in torch.arange(spec.numel).tensor_split(spec.segments):
-                start, end = int(segment[0]), int(segment[-1]) + 1
+            for segment in segment_bounds(spec.numel, spec.segments):
+                start, end = segment.start, segment.end
                 miner = Accumulator(end - start)
                 for i in sorted(range(peers), key=lambda i: t.hotkeys[i]):
-                    miner.add(t.hotkeys[i], "sha256", local[i][start:end].to(wire))
-                average[start:end] = miner.mean(wire).float()
+                    miner.add(t.hotkeys[i], "sha256", wire.decode(wire.encode(local[i][start:end])))
+                average[start:end] = miner.mean(wire.output_dtype).float()
             for i in range(peers):
                 saved[i].append({"local": local[i], "averaged": average.clone()})
                 apply_average(models[i], optimizers[i], unflatten(spec, average.clone()))
@@ -119,7 +120,7 @@ def write_run(run_dir: Path, models: list[nn.Module], saved: list[list[dict]], i
     return rows
 
 
-@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16", "int8"])
 def test_single_process_training_is_the_peers_training_bit_for_bit(wire_dtype: str) -> None:
     t = training(wire_dtype)
     models, _ = peers_in_process(t, len(WINDOWS))
