@@ -37,7 +37,7 @@ VERSION = "5"  # 5: the int8 wire format (I8 data and an F32 scale per 256 eleme
 LEAVES = "__leaves__"
 DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "I8": torch.int8, "U8": torch.uint8}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
-FLOAT_CODES = {"F32", "BF16"}  # tensors whose values are checked finite and within the bound
+_FLOAT = {"F32", "BF16"}  # tensors whose values are checked finite and within the bound
 # Metadata keys the codec owns; everything else is role-specific ("extra") and still covered by the signature.
 _RESERVED = {"mr", "run", "window", "segment", "role", "hotkey", "sha256", "groups", "signature"}
 _SIG_PLACEHOLDER = "0" * 128
@@ -387,6 +387,16 @@ def check_finite(name: str, t: torch.Tensor, max_abs: float | None = None) -> No
         raise OutOfBounds(f"tensor {name!r} holds {max(-low, high):.3g}, beyond the run's bound of {max_abs:g}")
 
 
+def check_values(name: str, t: torch.Tensor, code: str, max_abs: float | None = None) -> None:
+    """The value rules of a tensor of dtype ``code``: float values finite and within ``max_abs``; int8 values
+    symmetric, within [-127, 127] (-128 has no positive twin: an int8 input's decoded values stay within the bound
+    its scales are held to, wire/formats.py). Other dtypes (U8 blobs) have none."""
+    if code in _FLOAT:
+        check_finite(name, t, max_abs)
+    elif code == "I8" and t.numel() and int(t.min()) < -127:
+        raise OutOfBounds(f"tensor {name!r} holds -128; int8 values must lie within [-127, 127]")
+
+
 def decode(buf: bytes | bytearray | memoryview, key: str, expect: Expect) -> Decoded:
     """Check a whole downloaded object and return its tensors (views of ``buf``, read-only by contract)."""
     header = parse_header(buf, len(buf), key, expect)
@@ -400,7 +410,6 @@ def decode(buf: bytes | bytearray | memoryview, key: str, expect: Expect) -> Dec
     tensors = {}
     for name in expect.tensors:
         t = tensor_view(buf, header, name)
-        if header.entries[name].dtype in FLOAT_CODES:
-            check_finite(name, t, expect.max_abs)
+        check_values(name, t, header.entries[name].dtype, expect.max_abs)
         tensors[name] = t
     return Decoded(meta=header.meta, sha256=header.sha256, tensors=tensors, size=len(buf))

@@ -20,8 +20,8 @@ int8 (a scale per block of :data:`SCALE_BLOCK` elements): a peer sends ``scale =
 ``round(x / scale)``; it sends about a quarter of fp32's bytes (plus 1.6% of scales). The rounding is the peer's own
 business (nothing else recomputes it, so it need not be deterministic); only the decoding above is the protocol.
 Outputs are bf16: the mean of int8 inputs carries no more precision than bf16 holds, and peers download half of
-fp32's bytes. The value bound (``RunSpec.max_abs_value``) applies to decoded values: a scale may be at most
-``max_abs_value / 128`` (``|int8| <= 128``).
+fp32's bytes. The value bound (``RunSpec.max_abs_value``) applies to decoded values: int8 values lie within
+[-127, 127] (readers refuse -128) and a scale within ``max_abs_value / 127``.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ __all__ = ["FORMATS", "SCALE_BLOCK", "WireFormat", "wire_format"]
 
 SCALE_BLOCK = 256  # elements per int8 scale
 _CODES = {"F32": torch.float32, "BF16": torch.bfloat16, "I8": torch.int8}
-_INT8_MAX = 127  # peers quantize to [-127, 127]; readers accept any int8 (-128 too: the bound allows for it)
+_INT8_MAX = 127  # int8 values are symmetric: readers refuse -128 (codec.check_values)
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,13 @@ class WireFormat:
         return tensors
 
     def scale_bound(self, max_abs: float) -> float:
-        """The bound on an input's float tensors that keeps every decoded value within ``max_abs``."""
-        return max_abs / 128 if self.scale_block else max_abs
+        """The bound on an input's float tensors that keeps every decoded value within ``max_abs`` (to fp32
+        rounding): an int8 value is at most 127 in magnitude, so a scale at most ``max_abs / 127``, divided in fp32
+        as a peer divides its block's largest |value|: division is monotonic, so a gradient within the bound always
+        gives scales within this one."""
+        if not self.scale_block:
+            return max_abs
+        return float(torch.tensor(max_abs, dtype=torch.float32) / _INT8_MAX)
 
     def encode(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
         """A peer's input tensors for its segment ``values`` (any float dtype; fp32 is what peers hold)."""

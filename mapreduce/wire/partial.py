@@ -18,7 +18,7 @@ import torch
 
 from ..errors import HashMismatch, Oversized, Truncated
 from . import hashtree
-from .codec import DTYPES, FLOAT_CODES, Expect, Header, check_finite, header_end, parse_header
+from .codec import DTYPES, Expect, Header, check_values, header_end, parse_header
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
@@ -105,8 +105,7 @@ class RangeReader:
         chunks = chunks[:entry.end - lo]  # the tensor's own bytes (data starts at 0: chunk c is its chunk c)
         piece = bytearray(chunks[byte_start - lo:byte_end - lo])
         values = torch.frombuffer(piece, dtype=DTYPES[entry.dtype]) if piece else torch.empty(0)
-        if entry.dtype in FLOAT_CODES:
-            check_finite(name, values, self._expect.max_abs)
+        check_values(name, values, entry.dtype, self._expect.max_abs)
         return values, first_chunk, chunks
 
     async def leaves(self, first_chunk: int, last_chunk: int) -> list[bytes]:

@@ -77,11 +77,18 @@ def test_an_int8_input_is_a_signed_object_with_a_bounded_scale() -> None:
     decoded = decode(obj.data, key, expect)
     assert decoded.tensors["data"].numel() == 2501
     assert torch.equal(INT8.decode(decoded.tensors), INT8.decode(INT8.encode(x)))
-    # a scale beyond max_abs / 128 could decode past the run's bound: refused like any out-of-bounds value
-    forged = {"data": torch.full((seg.numel,), 127, dtype=torch.int8),
-              "scale": torch.full((INT8.blocks(seg.numel),), 1000.0 / 100)}
-    with pytest.raises(OutOfBounds):
-        decode(encode(meta, forged, peer).data, key, expect)
+    # a gradient at the bound makes a valid input (its scale is max_abs / 127 exactly)
+    at_bound = torch.zeros(seg.numel)
+    at_bound[7] = -1000.0
+    assert decode(encode(meta, INT8.encode(at_bound), peer).data, key, expect).tensors["data"][7] == -127
+    # a scale beyond max_abs / 127, or a -128, could decode past the run's bound: refused like any out-of-bounds value
+    big_scale = {"data": torch.full((seg.numel,), 127, dtype=torch.int8),
+                 "scale": torch.full((INT8.blocks(seg.numel),), 1000.0 / 120)}
+    minus_128 = {"data": torch.full((seg.numel,), -128, dtype=torch.int8),
+                 "scale": torch.full((INT8.blocks(seg.numel),), 1.0)}
+    for forged in (big_scale, minus_128):
+        with pytest.raises(OutOfBounds):
+            decode(encode(meta, forged, peer).data, key, expect)
 
 
 def test_int8_bytes_per_element() -> None:
@@ -90,21 +97,27 @@ def test_int8_bytes_per_element() -> None:
     assert INT8.bytes_per_element() == (1 + 4 / SCALE_BLOCK, 2)
 
 
+async def one_window(c, peers, miners, grads, tmp_path):
+    """One window of every role, a validator checking every output of every miner: (peers' results, miners'
+    reports, the validator's report)."""
+    validator = Validator(await c.join("validators", 0), c.bucket_of("validators", 0), tmp_path / "v.json",
+                          ValidatorConfig(segments_per_miner=c.spec.segments,
+                                          scoring=ScoringConfig(weights_every=1)))
+    window = await c.next_window()
+    results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
+                                   *(m.run_window(window) for m in miners), validator.validate_window(window),
+                                   c.drive(window, validator=True))
+    return results[:len(peers)], results[len(peers):len(peers) + len(miners)], results[len(peers) + len(miners)]
+
+
 async def test_an_int8_window_through_every_role(cluster_factory, tmp_path) -> None:
     """Peers upload int8 inputs, miners reduce their decoded values, the validator recomputes sampled chunks from
     the inputs' ranged reads (data and scales) and finds every output exact; every peer's average is the exact mean
     of the decoded inputs, bit for bit, and within the stated bound of the mean of the fp32 gradients."""
     c = await cluster_factory(peers=3, miners=2, numel=400_000, store="memory", stepped=True, wire_dtype="int8")
     peers, miners = await join_all(c)
-    validator = Validator(await c.join("validators", 0), c.bucket_of("validators", 0), tmp_path / "v.json",
-                          ValidatorConfig(segments_per_miner=c.spec.segments,
-                                          scoring=ScoringConfig(weights_every=1)))
     grads = peer_gradients(c.spec, 3)
-    window = await c.next_window()
-    results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
-                                   *(m.run_window(window) for m in miners), validator.validate_window(window),
-                                   c.drive(window, validator=True))
-    peer_results, miner_reports, report = results[:3], results[3:5], results[5]
+    peer_results, miner_reports, report = await one_window(c, peers, miners, grads, tmp_path)
 
     flats = [flatten(c.spec, g) for g in grads]
     order = sorted(range(3), key=lambda i: peers[i].net.hotkey)
@@ -133,15 +146,7 @@ async def test_an_int8_output_with_one_wrong_element_is_caught(cluster_factory, 
     c = await cluster_factory(peers=3, miners=2, numel=200_000, store="memory", stepped=True, wire_dtype="int8")
     peers, (honest, _) = await join_all(c)
     liar = AdversarialMiner(await c.join("miners", 1), c.bucket_of("miners", 1), behaviour="one_element")
-    validator = Validator(await c.join("validators", 0), c.bucket_of("validators", 0), tmp_path / "v.json",
-                          ValidatorConfig(segments_per_miner=c.spec.segments,
-                                          scoring=ScoringConfig(weights_every=1)))
-    grads = peer_gradients(c.spec, 3)
-    window = await c.next_window()
-    results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
-                                   honest.run_window(window), liar.run_window(window),
-                                   validator.validate_window(window), c.drive(window, validator=True))
-    report = results[5]
+    _, _, report = await one_window(c, peers, [honest, liar], peer_gradients(c.spec, 3), tmp_path)
     by_miner = {}
     for ch in report.checks:
         by_miner.setdefault(ch.miner, []).append(ch.status)
