@@ -273,7 +273,7 @@ async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tens
     With ``proof``, the output's proof-of-possession rows of every input chunk read are checked as well
     (:mod:`mapreduce.wire.proof`), at no extra cost in input reads.
     """
-    async def values(reader: RangeReader, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
+    async def input_values(reader: RangeReader, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
         data, first, chunks = await reader.read_chunks("data", start, end)
         if wire.scale_block:
             scale = await reader.read("scale", *wire.scale_span(start, end))
@@ -283,7 +283,7 @@ async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tens
     async def one(start: int, end: int) -> tuple[float, float]:
         # The output's and the inputs' reads at once (each a few KiB: latency-bound); the sum below still adds the
         # inputs in canonical order.
-        got, *reads = await asyncio.gather(output(start, end), *(values(r, start, end) for r in inputs))
+        got, *reads = await asyncio.gather(output(start, end), *(input_values(r, start, end) for r in inputs))
         got = got.double()
         slices = [values for values, _, _ in reads]
         if proof is not None and reads:
