@@ -33,18 +33,21 @@ from storage import S3Config, StorageError
 
 # -- the model and the data: replace with yours -------------------------------------------------------------------
 
+FEATURES = 64  # the demo's model (8x8 digits), so this peer can join the local swarm's run
+
+
 def make_model() -> nn.Module:
     torch.manual_seed(0)  # every peer starts from the same weights (or broadcast them: examples/broadcast_allreduce.py)
-    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    return nn.Sequential(nn.Linear(FEATURES, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def my_batches(hotkey: str, size: int = 256):
     """This peer's own data: points around ten fixed centres, drawn from a stream seeded by our hotkey."""
-    centres = torch.randn(10, 32, generator=torch.Generator().manual_seed(1234)) * 2.0
+    centres = torch.randn(10, FEATURES, generator=torch.Generator().manual_seed(1234)) * 2.0
     mine = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(hotkey.encode()).digest()[:8], "big"))
     while True:
         y = torch.randint(0, 10, (size,), generator=mine)
-        yield centres[y] + 1.5 * torch.randn(size, 32, generator=mine), y
+        yield centres[y] + 1.5 * torch.randn(size, FEATURES, generator=mine), y
 
 
 # -- the two commands ---------------------------------------------------------------------------------------------
