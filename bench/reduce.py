@@ -82,13 +82,13 @@ def reduce_rates(segment_bytes: int, inputs: int = 4, reps: int = 3) -> ReduceRa
     def whole() -> None:
         acc = Accumulator(numel)
         for i, (key, buf) in enumerate(objects):
-            decoded, values, proof = _decode_and_prove(buf, key, expect, salt, FORMATS["float32"])
+            decoded, values, proof = _decode_and_prove(buf, key, expect, salt, FORMATS["float32"], numel)
             acc.add(f"p{i:03d}", decoded.sha256, values, proof)
 
     seconds = _best(whole, reps)
     key, buf = objects[0]
     stages["decode (verify)"] = _best(lambda: decode(buf, key, expect), reps)
-    stages["prove"] = (_best(lambda: _decode_and_prove(buf, key, expect, salt, FORMATS["float32"]), reps)
+    stages["prove"] = (_best(lambda: _decode_and_prove(buf, key, expect, salt, FORMATS["float32"], numel), reps)
                        - stages["decode (verify)"])
     acc = Accumulator(numel)
     t = decode(buf, key, expect).tensors["data"]

@@ -265,20 +265,24 @@ def check_proof_shape(proof_shape: tuple[int, ...], inputs: list[tuple[str, str]
 
 async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tensor]],
                                inputs: list[RangeReader], ranges: list[tuple[int, int]],
-                               wire: WireFormat, proof: ProofRows | None = None,
+                               wire: WireFormat, numel: int, proof: ProofRows | None = None,
                                salt: bytes = b"") -> float:
-    """``||o - r|| / (||r|| + eps)`` over ``ranges``: ``o`` read through ``output``, ``r`` recomputed from the
-    inputs' values there, decoded as ``wire`` says (an int8 input's scales are read too).
+    """``||o - r|| / (||r|| + eps)`` over ``ranges`` of a segment of ``numel`` elements: ``o`` read through
+    ``output``, ``r`` recomputed from the inputs' values there, decoded as ``wire`` says from the spans of its
+    tensors the range needs (an int8 input's scales too; a topk input's entries of the blocks the range touches,
+    its index checked block by block as a miner checks the whole).
 
     With ``proof``, the output's proof-of-possession rows of every input chunk read are checked as well
     (:mod:`mapreduce.wire.proof`), at no extra cost in input reads.
     """
     async def input_values(reader: RangeReader, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
-        data, first, chunks = await reader.read_chunks("data", start, end)
-        if wire.scale_block:
-            scale = await reader.read("scale", *wire.scale_span(start, end))
-            data = wire.decode_range(data, scale, start)
-        return data, first, chunks
+        spans = wire.spans(numel, start, end)
+        data, first, chunks = await reader.read_chunks("data", *spans["data"])
+        tensors = {"data": data}
+        for name, span in spans.items():
+            if name != "data":
+                tensors[name] = await reader.read(name, *span)
+        return wire.decode_range(tensors, numel, start, end), first, chunks
 
     async def one(start: int, end: int) -> tuple[float, float]:
         # The output's and the inputs' reads at once (each a few KiB: latency-bound); the sum below still adds the

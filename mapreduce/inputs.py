@@ -105,10 +105,11 @@ async def download_listed(bucket: Bucket, info: ObjectInfo, max_bytes: int) -> m
     return buf[:got.size]
 
 
-def _decode_and_prove(data, key: str, expect, salt: bytes | None, wire: WireFormat):
-    """Check a whole input; its values as the wire format decodes them, and with a salt its proof rows."""
+def _decode_and_prove(data, key: str, expect, salt: bytes | None, wire: WireFormat, numel: int):
+    """Check a whole input of a segment of ``numel`` elements; its values as the wire format decodes them (which
+    checks a topk input's index), and with a salt its proof rows."""
     decoded = decode(data, key, expect)
-    values = wire.decode(decoded.tensors)
+    values = wire.decode(decoded.tensors, numel)
     if salt is None:
         return decoded, values, None
     raw = memoryview(decoded.tensors["data"].view(torch.uint8).numpy())
@@ -126,7 +127,7 @@ async def fetch_input(net: Network, window: int, seg: Segment, bucket: Bucket, r
     try:
         data = await download_listed(bucket, ref.info, expect.max_bytes)
         decoded, values, proof = await asyncio.to_thread(_decode_and_prove, data, ref.key, expect, salt,
-                                                         net.spec.wire)
+                                                         net.spec.wire, seg.numel)
     except ObjectTooLarge as e:
         rejected["oversized"] += 1
         log.info("window %d segment %d: input from %s is oversized: %s", window, seg.index, ref.hotkey[:10], e)

@@ -8,6 +8,13 @@ One window, seen from a peer::
                    first valid output); after the reduce deadline, a segment with no valid replica is reduced by
                    the peer itself from the inputs, or left as our own gradient (``PeerConfig.fallback``)
 
+Error feedback (a wire format whose ``error_feedback`` says so: topk): the peer sends the encoding of its gradient
+plus its residual, ``g + e`` (at most the run's value bound in magnitude), and keeps ``e = (g + e) - decoded`` for
+the next window, element by element of the flat vector: what the miners did not get this window is added to the
+next one, not lost. The residual lives in this object's memory only, one fp32 vector of the run's length: a
+restarted peer starts again from zero (it loses at most one window's unsent remainder, as a peer that skips a
+window does). A segment that reached no miner is not put back: the residual assumes every input was delivered.
+
 :meth:`Peer.allreduce` does all of it for named tensors::
 
     result = await peer.allreduce({n: p.grad for n, p in model.named_parameters()})
@@ -96,6 +103,8 @@ class UploadReceipt:
     stored_at: dict[int, list[str]]  # segment -> miners whose bucket accepted it
     failed: dict[int, list[str]]  # segment -> miners whose bucket did not
     bytes_uploaded: int = 0
+    # error feedback only: the values our inputs carry, decoded (gradient plus residual, as sent); else None
+    sent: torch.Tensor | None = None
     tags: dict[int, dict[str, str]] = field(default_factory=dict)  # segment -> miner -> key tag of our input there
     finished_at: float | None = None  # unix time (our clock) when every upload had landed
 
@@ -161,6 +170,8 @@ class Peer:
         self.config = config
         self._sem = asyncio.Semaphore(config.concurrency)
         self._records: dict[str, UploadRecord] = {}
+        # error feedback: what our inputs have not carried yet (see the module's docstring); None is zero
+        self._residual: torch.Tensor | None = None
 
     @property
     def hotkey(self) -> str:
@@ -206,23 +217,39 @@ class Peer:
                                   "Register it on the netuid, commit a peer bucket (Peer.setup), and check the "
                                   "run's allow and deny lists.")
         receipt = UploadReceipt(window, {}, {}, {})
+        encoded: dict[int, Mapping[str, torch.Tensor]] = {}
+        if self.net.spec.wire.error_feedback:
+            receipt.sent, encoded = await asyncio.to_thread(self._with_residual, plan, flat)
         # A copy not stored by the upload deadline would not count: no miner's endpoint may hold us past it.
         cutoff = self.net.phase_end(self.net.phases(window).upload_deadline)
         try:
-            await asyncio.gather(*(self._upload_segment(plan, s, flat, receipt, cutoff) for s in plan.segments))
+            await asyncio.gather(*(self._upload_segment(plan, s, flat, receipt, cutoff, encoded.get(s.index))
+                                   for s in plan.segments))
         finally:
             cutoff.cancel()
         receipt.finished_at = time.time()
         await self._write_record(receipt)
         return receipt
 
+    def _with_residual(self, plan: Plan, flat: torch.Tensor
+                       ) -> tuple[torch.Tensor, dict[int, Mapping[str, torch.Tensor]]]:
+        """Error feedback: encode every segment of ``flat`` plus our residual, and keep what the encoding left out
+        as the next residual. Returns the decoded values sent and each segment's input tensors (encoded here once,
+        so the residual is exactly what the uploaded inputs leave out)."""
+        sent, tensors, self._residual = self.net.spec.wire.with_residual(
+            flat, self._residual, self.net.spec.max_abs_value, [(s.start, s.end) for s in plan.segments])
+        return sent, {s.index: t for s, t in zip(plan.segments, tensors)}
+
     async def _upload_segment(self, plan: Plan, seg: Segment, flat: torch.Tensor, receipt: UploadReceipt,
-                              cutoff: asyncio.Future) -> None:
+                              cutoff: asyncio.Future, encoded: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Sign and copy one segment: ``encoded`` when error feedback made it already, else the segment of ``flat``
+        in the wire format."""
         directory = await self.net.directory(plan.window)
         # the run's lists shaped the plan; this process's own lists only narrow whom we use
         miners = [m for m in plan.miners_for(seg.index) if directory.accepts(m)]
+        encode = self.net.spec.wire.encode if encoded is None else (lambda _segment: encoded)
         copies = await sign_and_copy(self.net, plan.window, seg, "in", flat[seg.start:seg.end],
-                                     self.net.spec.wire.encode, miners, self._sem, cutoff)
+                                     encode, miners, self._sem, cutoff)
         receipt.sha256[seg.index] = copies.sha256
         receipt.bytes_uploaded += copies.bytes_sent
         if copies.stored:
@@ -514,7 +541,8 @@ class Peer:
         async def rows(first: int, last: int) -> bytes:
             return proof[first:last].numpy().tobytes()
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, c.miner)
-        if await recompute_difference(output, readers, ranges, self.net.spec.wire, rows, salt) > 0:
+        if await recompute_difference(output, readers, ranges, self.net.spec.wire, seg.numel, rows,
+                                      salt) > 0:
             raise Wrong("output differs from the mean recomputed from its inputs")
 
     async def _valid_whole_input(self, plan: Plan, seg: Segment, bucket, peer: str, key, deadline: float,
@@ -556,6 +584,9 @@ class Peer:
         log.warning("window %d segment %d: no valid replica and no inputs; keeping our own gradient",
                     plan.window, seg.index)
         wire = self.net.spec.wire  # its own gradient as the miners would have seen it
-        result.flat[seg.start:seg.end] = wire.decode(wire.encode(own[seg.start:seg.end])).float()
+        if result.receipt.sent is not None:  # error feedback: what our input carried (gradient plus residual)
+            result.flat[seg.start:seg.end] = result.receipt.sent[seg.start:seg.end]
+        else:
+            result.flat[seg.start:seg.end] = wire.decode(wire.encode(own[seg.start:seg.end]), seg.numel).float()
         return SegmentResult(seg.index, "own", None, 1, True)
 

@@ -681,7 +681,7 @@ class Validator:
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
         check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
                                                       sorted(set(ranges) | set(extra)),
-                                                      self.net.spec.wire, proof, salt)
+                                                      self.net.spec.wire, seg.numel, proof, salt)
         await self._settle_expected(plan, seg, bucket, listed, expected, elsewhere, rejected)
         check.expected = len(expected)
         check.included_expected = sum(expected[h][0] == s for h, s in listed.items() if h in expected)

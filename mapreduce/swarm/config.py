@@ -28,8 +28,9 @@ class SwarmConfig:
     reduce_blocks: int = field(default=4, metadata={"help": "blocks of each window's reduce phase"})
     segments: int = field(default=6, metadata={"help": "segments the gradient is cut into"})
     redundancy: int = field(default=2, metadata={"help": "miners that reduce each segment"})
-    wire_dtype: typing.Literal["float32", "bfloat16", "int8"] = field(default="float32", metadata={
-        "help": "wire format: float32, bfloat16, or int8 inputs (a scale per 256 elements) with bf16 outputs "
+    wire_dtype: typing.Literal["float32", "bfloat16", "int8", "topk"] = field(default="float32", metadata={
+        "help": "wire format: float32, bfloat16, int8 inputs (a scale per 256 elements) with bf16 outputs, or topk "
+                "(64 of each 4096 elements, fp32 values and int16 indexes, with error feedback; bf16 outputs) "
                 "(mapreduce/wire/formats.py)"})
     fallback: typing.Literal["reduce", "own"] = field(default="reduce", metadata={
         "help": "what a peer does with a segment no miner delivered: reduce it itself, or keep its own gradient"})

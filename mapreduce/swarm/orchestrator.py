@@ -241,10 +241,14 @@ class Swarm:
         return out
 
     def reference_check(self, window: int) -> tuple[float, float]:
-        """(largest |peer average - reference mean|, tolerance) over every peer, for one window."""
+        """(largest |peer average - reference mean|, tolerance) over every peer, for one window. The reference is
+        the mean of the peers' gradients; with error feedback (topk), of what the peers sent (gradient plus
+        residual, decoded: trainer.py saves it), since a sparse input is far from its gradient by design: the
+        check is then exact up to fp32 accumulation and the bf16 output."""
         grads = [safetensors.torch.load_file(self.dir / "peers" / f"p{i}" / f"w{window}.safetensors")
                  for i in range(self.cfg.peers)]
-        local = torch.stack([g["local"].double() for g in grads])
+        sent = "sent" if FORMATS[self.cfg.wire_dtype].error_feedback else "local"
+        local = torch.stack([g[sent].double() for g in grads])
         reference = local.mean(0)
         worst = max(float((g["averaged"].double() - reference).abs().max()) for g in grads)
         return worst, tolerance(local, self.cfg.wire_dtype)
@@ -256,7 +260,8 @@ def tolerance(local: torch.Tensor, wire_dtype: str) -> float:
     Each of the P additions rounds once in fp32 (relative 2^-24) on a partial sum no larger than P * max|g|, so
     the sum is off by at most P^2 * 2^-24 * max|g| and the mean by P * 2^-24 * max|g|; the division and the cast
     to fp32 add 2^-24 * max|g|. The inputs' and the output's rounding (a bf16 wire: 2^-8 each; int8: half a
-    quantization step, max|g| / 254, then a bf16 output) add theirs (``WireFormat.rounding``).
+    quantization step, max|g| / 254, then a bf16 output) add theirs (``WireFormat.rounding``). For topk, ``local``
+    is what the peers sent (exact: no input rounding) and only the bf16 output's is added.
     """
     p = local.shape[0]
     scale = float(local.abs().max())

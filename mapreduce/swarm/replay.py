@@ -11,7 +11,9 @@ The bound is zero: the replay is the peers' computation, operation for operation
     whatever the machine's cores;
   - the mean is the miners' own reduction (``reduce.reduce_slices``: the inputs cast to the wire dtype, added in
     fp32 in the peers' sorted-hotkey order, divided once, cast to the wire dtype). Addition is elementwise, so a
-    miner reducing one segment and the replay reducing the whole vector get the same bits, element by element;
+    miner reducing one segment and the replay reducing the whole vector get the same bits, element by element.
+    With error feedback (topk) each peer's inputs carry its gradient plus its residual, which the replay keeps
+    per peer through the same ``WireFormat.with_residual`` the peers call (mapreduce/peer.py);
   - the step is the same (``model.apply_average`` on ``make_optimizer``'s Adam).
 IEEE-754 arithmetic gives the same result for the same operations in the same order, so nothing is left to round
 differently. A nonzero tolerance could not be justified anyway: Adam divides the first moment by the root of the
@@ -68,17 +70,26 @@ def single_process_training(training: Training, windows: int,
     with torch_threads():
         model = make_model(**training.model)
         optimizer = make_optimizer(model, training.lr)
+        segments = segment_bounds(training.spec.numel, training.spec.segments)
+        residual: list[torch.Tensor | None] = [None] * peers  # error feedback: each peer's, as its Peer keeps it
         for step in range(windows):
             local = []
             for i in range(peers):
                 _, grads = local_gradient(model, *next(batches[i]))
                 local.append(flatten(training.spec, grads))
+            # each peer's segments as its inputs decode (an int8 input's rounding, per segment, included; a topk
+            # input carries the gradient plus the peer's residual, mapreduce/peer.py)
+            sent: list[torch.Tensor] = []
+            if wire.error_feedback:
+                for i in range(peers):
+                    values, _, residual[i] = wire.with_residual(local[i], residual[i], training.spec.max_abs_value,
+                                                                [(s.start, s.end) for s in segments])
+                    sent.append(values)
             mean = torch.empty(training.spec.numel)
-            for seg in segment_bounds(training.spec.numel, training.spec.segments):
-                # each peer's segment as its input decodes (an int8 input's rounding, per segment, included),
-                # reduced as a miner does
-                mean[seg.start:seg.end] = reduce_slices(
-                    [wire.decode(wire.encode(local[i][seg.start:seg.end])) for i in order], wire.output_dtype)
+            for seg in segments:  # reduced as a miner does
+                slices = ([sent[i][seg.start:seg.end] for i in order] if sent else
+                          [wire.decode(wire.encode(local[i][seg.start:seg.end]), seg.numel) for i in order])
+                mean[seg.start:seg.end] = reduce_slices(slices, wire.output_dtype)
             if on_window is not None:
                 on_window(step, local, mean)
             apply_average(model, optimizer, unflatten(training.spec, mean))

@@ -74,7 +74,8 @@ LEGEND = """\
   peer s     the slowest peer's seconds for its allreduce (upload, wait for the reduce phase, download)
   loss       training loss on the peers' own batches before the step; eval and acc: loss and accuracy on the
              held-out test digits after the step. All three are means over peers
-  max |diff| largest |peer average - exact mean of every peer's gradient|; bound: what fp32 accumulation and the
+  max |diff| largest |peer average - exact mean of every peer's gradient| (topk: of what every peer sent, its
+             gradient plus its residual); bound: what fp32 accumulation and the
              wire format's rounding allow (swarm/orchestrator.py tolerance); match: max |diff| <= bound
   scores     per miner, this window's score / its EMA (the weight it earns; it starts at 0 and climbs). An
              honest miner scores 1.0 when its output appeared within 1 s of the settle time, less (down to

@@ -66,8 +66,10 @@ async def train(run_dir: Path, index: int, config: PeerConfig | None = None) -> 
             local = {n: g.clone() for n, g in grads.items()}
             apply_average(model, optimizer, result.tensors)
             eval_loss, test_accuracy = data.evaluate(model)
-            safetensors.torch.save_file({"local": flatten(spec, local),
-                                         "averaged": result.flat.clone()}, out / f"w{window}.safetensors")
+            saved = {"local": flatten(spec, local), "averaged": result.flat.clone()}
+            if result.receipt.sent is not None:  # error feedback: what our inputs carried (the reference check's)
+                saved["sent"] = result.receipt.sent.clone()
+            safetensors.torch.save_file(saved, out / f"w{window}.safetensors")
             line = {"window": window, "train_loss": train_loss, "eval_loss": eval_loss,
                     "test_accuracy": test_accuracy,
                     "seconds": result.seconds, "peers_included": result.peers_included,

@@ -33,9 +33,10 @@ from . import hashtree, strictjson
 from .keys import ObjectKey
 from .signing import Signer, verify
 
-VERSION = "5"  # 5: the int8 wire format (I8 data and an F32 scale per 256 elements; wire/formats.py)
+VERSION = "5"  # 5: the int8 wire format (I8 data and an F32 scale per 256 elements; wire/formats.py), and topk
 LEAVES = "__leaves__"
-DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "I8": torch.int8, "U8": torch.uint8}
+DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "I8": torch.int8, "I16": torch.int16,
+                             "U8": torch.uint8}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 _FLOAT = {"F32", "BF16"}  # tensors whose values are checked finite and within the bound
 # Metadata keys the codec owns; everything else is role-specific ("extra") and still covered by the signature.
@@ -390,7 +391,8 @@ def check_finite(name: str, t: torch.Tensor, max_abs: float | None = None) -> No
 def check_values(name: str, t: torch.Tensor, code: str, max_abs: float | None = None) -> None:
     """The value rules of a tensor of dtype ``code``: float values finite and within ``max_abs``; int8 values
     symmetric, within [-127, 127] (-128 has no positive twin: an int8 input's decoded values stay within the bound
-    its scales are held to, wire/formats.py). Other dtypes (U8 blobs) have none."""
+    its scales are held to, wire/formats.py). Other dtypes (U8 blobs; a topk input's I16 index, whose rule is per
+    block and belongs to its format: wire/formats.check_index) have none here."""
     if code in _FLOAT:
         check_finite(name, t, max_abs)
     elif code == "I8" and t.numel() and int(t.min()) < -127:

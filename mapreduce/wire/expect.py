@@ -7,7 +7,7 @@ the same rules.
 
 | object | tensors | signer | cap |
 | --- | --- | --- | --- |
-| input (``in``) | the wire format's (``data``, and ``scale`` for int8: mapreduce/wire/formats.py) | a peer of the window | exact size + header |
+| input (``in``) | the wire format's (``data``, and ``scale`` for int8, ``index`` for topk: mapreduce/wire/formats.py) | a peer of the window | exact size + header |
 | output (``out``) | ``data``: the format's output dtype; ``proof``: U8 ``[input chunks, inputs, 8]`` | the miner | with one row per peer |
 | broadcast copy (``bcast``) | ``data``: F32, the segment's length | the sender | exact size + header |
 | upload record, broadcast record | none (JSON in the header) | the writer | the header cap |
@@ -46,8 +46,9 @@ def input_expect(spec: RunSpec, segment: Segment, allowed: Signers) -> Expect:
 
 def input_chunks(spec: RunSpec, segment: Segment) -> int:
     """Hash-tree chunks of an input's ``data``: the rows of an output's proof of possession (one per chunk and
-    input; an int8 input's ``scale`` is not proven, its bytes ride in the last chunks)."""
-    return hashtree.leaf_count(segment.numel * spec.wire.data_dtype.itemsize)
+    input; an int8 input's ``scale`` and a topk input's ``index`` are not proven, their bytes ride in the last
+    chunks)."""
+    return hashtree.leaf_count(spec.wire.data_numel(segment.numel) * spec.wire.data_dtype.itemsize)
 
 
 def output_expect(spec: RunSpec, segment: Segment, miner: str, max_inputs: int) -> Expect:

@@ -265,7 +265,7 @@ class AdversarialMiner(Miner):
         acc = Accumulator(seg.numel)
         for ref in refs:
             if ref.key == forged_key:
-                acc.add(ref.hotkey, forged_sha, self.net.spec.wire.decode(fake),
+                acc.add(ref.hotkey, forged_sha, self.net.spec.wire.decode(fake, seg.numel),
                         proof_rows(memoryview(fake["data"].view(torch.uint8).numpy()), salt), tag=ref.tag)
                 continue
             got = await fetch_input(self.net, window, seg, bucket, ref, rejected, salt)

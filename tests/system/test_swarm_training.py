@@ -81,7 +81,9 @@ def training(wire_dtype: str = "float32") -> Training:
 def peers_in_process(t: Training, windows: int) -> tuple[list[nn.Module], list[list[dict[str, torch.Tensor]]]]:
     """What separate peers compute when every average is every peer's: each its own model and optimizer, each
     segment reduced by a miner's Accumulator (the peers in sorted-hotkey order). Every peer's final model, and per
-    peer per window its gradient and the average, as trainer.py saves them."""
+    peer per window its gradient and the average, as trainer.py saves them. With error feedback (topk) each peer
+    sends its gradient plus what it has not sent yet and keeps the rest (written here from the rule, not with
+    ``WireFormat.with_residual``, so that the replay's use of it is checked against the rule itself)."""
     spec, wire, peers = t.spec, t.spec.wire, len(t.hotkeys)
     data = Digits(peers)
     with torch_threads():
@@ -89,14 +91,20 @@ def peers_in_process(t: Training, windows: int) -> tuple[list[nn.Module], list[l
         optimizers = [make_optimizer(m, t.lr) for m in models]
         batches = [data.batches(i, t.batch) for i in range(peers)]
         saved: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(peers)]
-        for _ in range(windows):
+        unsent = [torch.zeros(spec.numel) for _ in range(peers)]
+        for step in range(windows):
             local = [flatten(spec, local_gradient(m, *next(b))[1]) for m, b in zip(models, batches)]
+            # a peer's first window sends its gradient as it is (no residual yet: a -0.0 stays -0.0)
+            carried = [g + e if step and wire.error_feedback else g for g, e in zip(local, unsent)]
             average = torch.empty(spec.numel)
             for segment in segment_bounds(spec.numel, spec.segments):
                 start, end = segment.start, segment.end
                 miner = Accumulator(end - start)
                 for i in sorted(range(peers), key=lambda i: t.hotkeys[i]):
-                    miner.add(t.hotkeys[i], "sha256", wire.decode(wire.encode(local[i][start:end])))
+                    x = carried[i][start:end].clamp(-spec.max_abs_value, spec.max_abs_value)
+                    sent = wire.decode(wire.encode(x), end - start)
+                    unsent[i][start:end] = carried[i][start:end] - sent
+                    miner.add(t.hotkeys[i], "sha256", sent)
                 average[start:end] = miner.mean(wire.output_dtype).float()
             for i in range(peers):
                 saved[i].append({"local": local[i], "averaged": average.clone()})
@@ -120,7 +128,7 @@ def write_run(run_dir: Path, models: list[nn.Module], saved: list[list[dict]], i
     return rows
 
 
-@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16", "int8", "topk"])
 def test_single_process_training_is_the_peers_training_bit_for_bit(wire_dtype: str) -> None:
     t = training(wire_dtype)
     models, _ = peers_in_process(t, len(WINDOWS))
