@@ -69,8 +69,8 @@ def _baseline_case(case: WindowCase) -> bool:
 
 
 def _object_bytes(case: WindowCase) -> int:
-    """The size of one input object's data: one segment in the wire dtype."""
-    return case.mib_per_peer * MiB // 4 // case.segments * FORMATS[case.wire_dtype].data_dtype.itemsize
+    """The size of one input object's data: one segment in the wire format."""
+    return int(case.mib_per_peer * MiB // 4 // case.segments * FORMATS[case.wire_dtype].bytes_per_element()[0])
 
 
 def _best_rates(measured: list[ServerRates]) -> ServerRates:

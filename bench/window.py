@@ -21,6 +21,7 @@ import torch
 from mapreduce.peer import PeerConfig
 from mapreduce.plan import Plan
 from mapreduce.validator import Validator
+from mapreduce.wire.formats import FORMATS
 from storage import EmbeddedS3, TransferConfig
 
 from .cluster import BenchCluster, bench_spec
@@ -187,8 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segments", type=int, default=2)
     parser.add_argument("--miners", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2, help="measured windows, after one warm-up")
+    parser.add_argument("--wire", default="float32", choices=sorted(FORMATS),
+                        help="the run's wire format (mapreduce/wire/formats.py)")
     args = parser.parse_args(argv)
-    case = WindowCase(args.peers, args.mib, segments=args.segments, miners=args.miners, redundancy=2)
+    case = WindowCase(args.peers, args.mib, segments=args.segments, miners=args.miners, redundancy=2,
+                      wire_dtype=args.wire)
 
     async def run() -> list[WindowTiming]:
         with tempfile.TemporaryDirectory(prefix="mapreduce-bench-") as workdir:  # the runs' chain files
