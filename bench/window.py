@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                 return await window_timings(s3, case, args.reps, Path(workdir))
 
     for t in asyncio.run(run()):
-        print(f"{case.label}: round {t.total:.2f} s (upload {t.upload:.2f}, reduce {t.reduce:.2f}, download "
+        print(f"{case.label}: round {t.total:.2f} s, {t.put_bytes / 1e6:,.0f} MB PUT + {t.get_bytes / 1e6:,.0f} MB GET "
+              f"(upload {t.upload:.2f}, reduce {t.reduce:.2f}, download "
               f"{t.download:.2f}, validator {t.validate:.2f}); validator fetched {t.validator_fetched / 1e3:,.0f} kB "
               f"for {t.validator_checked / 1e6:,.1f} MB of outputs ({100 * t.validator_fetched / max(1, t.validator_checked):.2f}%); "
               f"fallbacks {t.fallbacks}; checks not ok {len(t.checks_bad)}; CPU {t.client_cpu:.2f} s here + "
