@@ -115,6 +115,28 @@ async def one_window(c, peers, miners, grads, tmp_path):
     return results[:len(peers)], results[len(peers):len(peers) + len(miners)], results[len(peers) + len(miners)]
 
 
+def reduced_as_miners_do(c, peers, flats: list[torch.Tensor], fmt) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What every peer's average must be, bit for bit: each peer's segments as the format decodes what it sends,
+    reduced in canonical (hotkey) order; and each peer's decoded values."""
+    order = sorted(range(len(peers)), key=lambda i: peers[i].net.hotkey)
+    exact = torch.empty(c.spec.numel)
+    sent = [torch.empty(c.spec.numel) for _ in peers]
+    for seg in segment_bounds(c.spec.numel, c.spec.segments):
+        acc = Accumulator(seg.numel)
+        for i in order:
+            sent[i][seg.start:seg.end] = fmt.decode(fmt.encode(flats[i][seg.start:seg.end]), seg.numel)
+            acc.add(peers[i].net.hotkey, "", sent[i][seg.start:seg.end])
+        exact[seg.start:seg.end] = acc.mean(fmt.output_dtype).float()
+    return exact, sent
+
+
+def assert_every_output_written_and_exact(c, miner_reports, report) -> None:
+    for m in miner_reports:
+        assert [o.status for o in m.outcomes] == ["written"] * c.spec.segments and not m.rejected
+    assert len(report.checks) == 2 * c.spec.segments  # every output of both miners
+    assert all(ch.status == "ok" and ch.difference == 0.0 for ch in report.checks), report.checks
+
+
 async def test_an_int8_window_through_every_role(cluster_factory, tmp_path) -> None:
     """Peers upload int8 inputs, miners reduce their decoded values, the validator recomputes sampled chunks from
     the inputs' ranged reads (data and scales) and finds every output exact; every peer's average is the exact mean
@@ -125,30 +147,23 @@ async def test_an_int8_window_through_every_role(cluster_factory, tmp_path) -> N
     peer_results, miner_reports, report = await one_window(c, peers, miners, grads, tmp_path)
 
     flats = [flatten(c.spec, g) for g in grads]
-    order = sorted(range(3), key=lambda i: peers[i].net.hotkey)
-    exact = torch.empty(c.spec.numel)
-    for seg in segment_bounds(c.spec.numel, c.spec.segments):
-        acc = Accumulator(seg.numel)
-        for i in order:
-            acc.add(peers[i].net.hotkey, "", INT8.decode(INT8.encode(flats[i][seg.start:seg.end]), seg.numel))
-        exact[seg.start:seg.end] = acc.mean(INT8.output_dtype).float()
+    exact, _ = reduced_as_miners_do(c, peers, flats, INT8)
     bound = tolerance(torch.stack(flats), "int8")
     for r in peer_results:
         assert [s.source for s in r.segments] == ["replica"] * c.spec.segments and not r.rejected
         assert torch.equal(r.flat, exact)  # the miners' reduction of the decoded inputs, bit for bit
         assert float((r.flat.double() - torch.stack(flats).double().mean(0)).abs().max()) <= bound
-    for m in miner_reports:
-        assert [o.status for o in m.outcomes] == ["written"] * c.spec.segments and not m.rejected
-    assert len(report.checks) == 2 * c.spec.segments  # every output of both miners
-    assert all(ch.status == "ok" and ch.difference == 0.0 for ch in report.checks), report.checks
+    assert_every_output_written_and_exact(c, miner_reports, report)
 
 
-async def test_an_int8_output_with_one_wrong_element_is_caught(cluster_factory, tmp_path) -> None:
-    """A miner that changes one element of each int8 run's output: where its output and the honest replica's
-    differ, the validator recomputes that range from the inputs' int8 values and scales, and refuses it."""
+@pytest.mark.parametrize("wire_dtype", ["int8", "topk"])
+async def test_an_output_with_one_wrong_element_is_caught(cluster_factory, tmp_path, wire_dtype: str) -> None:
+    """A miner that changes one element of each output: where its output and the honest replica's differ, the
+    validator recomputes that range from the inputs (int8: their values and scales; topk: their entries of the
+    blocks the range touches), and refuses it."""
     from tests.faults.adversaries import AdversarialMiner
 
-    c = await cluster_factory(peers=3, miners=2, numel=200_000, store="memory", stepped=True, wire_dtype="int8")
+    c = await cluster_factory(peers=3, miners=2, numel=200_000, store="memory", stepped=True, wire_dtype=wire_dtype)
     peers, (honest, _) = await join_all(c)
     liar = AdversarialMiner(await c.join("miners", 1), c.bucket_of("miners", 1), behaviour="one_element")
     _, _, report = await one_window(c, peers, [honest, liar], peer_gradients(c.spec, 3), tmp_path)
@@ -298,15 +313,7 @@ async def test_a_topk_window_through_every_role(cluster_factory, tmp_path) -> No
     peer_results, miner_reports, report = await one_window(c, peers, miners, grads, tmp_path)
 
     flats = [flatten(c.spec, g) for g in grads]
-    order = sorted(range(3), key=lambda i: peers[i].net.hotkey)
-    exact = torch.empty(c.spec.numel)
-    sent = [torch.empty(c.spec.numel) for _ in range(3)]
-    for seg in segment_bounds(c.spec.numel, c.spec.segments):
-        acc = Accumulator(seg.numel)
-        for i in order:
-            sent[i][seg.start:seg.end] = TOPK.decode(TOPK.encode(flats[i][seg.start:seg.end]), seg.numel)
-            acc.add(peers[i].net.hotkey, "", sent[i][seg.start:seg.end])
-        exact[seg.start:seg.end] = acc.mean(TOPK.output_dtype).float()
+    exact, sent = reduced_as_miners_do(c, peers, flats, TOPK)
     bound = tolerance(torch.stack(sent), "topk")
     for i, r in enumerate(peer_results):
         assert [s.source for s in r.segments] == ["replica"] * c.spec.segments and not r.rejected
@@ -316,23 +323,4 @@ async def test_a_topk_window_through_every_role(cluster_factory, tmp_path) -> No
         assert torch.equal(peers[i]._residual, flats[i] - sent[i])  # what the next window's inputs will carry
     entries = sum(TOPK.data_numel(s.numel) for s in segment_bounds(c.spec.numel, c.spec.segments))
     assert entries < c.spec.numel / 60 and entries < int((exact != 0).sum()) <= 3 * entries  # sparse: 3 peers' entries
-    for m in miner_reports:
-        assert [o.status for o in m.outcomes] == ["written"] * c.spec.segments and not m.rejected
-    assert len(report.checks) == 2 * c.spec.segments  # every output of both miners
-    assert all(ch.status == "ok" and ch.difference == 0.0 for ch in report.checks), report.checks
-
-
-async def test_a_topk_output_with_one_wrong_element_is_caught(cluster_factory, tmp_path) -> None:
-    """A miner that changes one element of each topk run's output: the validator recomputes that range from the
-    inputs' entries of the blocks it touches, and refuses it."""
-    from tests.faults.adversaries import AdversarialMiner
-
-    c = await cluster_factory(peers=3, miners=2, numel=200_000, store="memory", stepped=True, wire_dtype="topk")
-    peers, (honest, _) = await join_all(c)
-    liar = AdversarialMiner(await c.join("miners", 1), c.bucket_of("miners", 1), behaviour="one_element")
-    _, _, report = await one_window(c, peers, [honest, liar], peer_gradients(c.spec, 3), tmp_path)
-    by_miner = {}
-    for ch in report.checks:
-        by_miner.setdefault(ch.miner, []).append(ch.status)
-    assert set(by_miner[honest.net.hotkey]) == {"ok"}
-    assert "ok" not in by_miner[liar.net.hotkey]
+    assert_every_output_written_and_exact(c, miner_reports, report)
