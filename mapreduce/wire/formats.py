@@ -44,13 +44,13 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import OutOfBounds, ShapeMismatch
+from .codec import DTYPES
 
-__all__ = ["FORMATS", "SCALE_BLOCK", "TOPK_BLOCK", "TOPK_K", "WireFormat", "check_index", "wire_format"]
+__all__ = ["FORMATS", "SCALE_BLOCK", "TOPK_BLOCK", "TOPK_K", "WireFormat", "check_index"]
 
 SCALE_BLOCK = 256  # elements per int8 scale
 TOPK_BLOCK = 4096  # elements per top-k block (a 64x64 block of a matrix, or 4096 consecutive elements)
 TOPK_K = 64  # entries per top-k block: 1.5625%
-_CODES = {"F32": torch.float32, "BF16": torch.bfloat16, "I8": torch.int8, "I16": torch.int16}
 _INT8_MAX = 127  # int8 values are symmetric: readers refuse -128 (codec.check_values)
 
 
@@ -66,11 +66,11 @@ class WireFormat:
 
     @property
     def output_dtype(self) -> torch.dtype:
-        return _CODES[self.output_code]
+        return DTYPES[self.output_code]
 
     @property
     def data_dtype(self) -> torch.dtype:
-        return _CODES[self.data_code]
+        return DTYPES[self.data_code]
 
     @property
     def range_itemsize(self) -> int:
@@ -274,8 +274,3 @@ def _topk_encode(x: torch.Tensor) -> dict[str, torch.Tensor]:
     if not data:
         return {"data": torch.zeros(0), "index": torch.zeros(0, dtype=torch.int16)}
     return {"data": torch.cat(data).contiguous(), "index": torch.cat(index).contiguous()}
-
-
-def wire_format(name: str) -> WireFormat:
-    """The format the run spec's ``wire_dtype`` names (the spec refuses any other name)."""
-    return FORMATS[name]

@@ -115,6 +115,16 @@ async def one_window(c, peers, miners, grads, tmp_path):
     return results[:len(peers)], results[len(peers):len(peers) + len(miners)], results[len(peers) + len(miners)]
 
 
+async def honest_window(cluster_factory, tmp_path, wire_dtype: str):
+    """One window of 3 honest peers and 2 honest miners on ``wire_dtype``: the cluster, the peers, their flat
+    gradients, and :func:`one_window`'s results."""
+    c = await cluster_factory(peers=3, miners=2, numel=400_000, store="memory", stepped=True, wire_dtype=wire_dtype)
+    peers, miners = await join_all(c)
+    grads = peer_gradients(c.spec, 3)
+    results = await one_window(c, peers, miners, grads, tmp_path)
+    return c, peers, [flatten(c.spec, g) for g in grads], results
+
+
 def reduced_as_miners_do(c, peers, flats: list[torch.Tensor], fmt) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """What every peer's average must be, bit for bit: each peer's segments as the format decodes what it sends,
     reduced in canonical (hotkey) order; and each peer's decoded values."""
@@ -141,12 +151,7 @@ async def test_an_int8_window_through_every_role(cluster_factory, tmp_path) -> N
     """Peers upload int8 inputs, miners reduce their decoded values, the validator recomputes sampled chunks from
     the inputs' ranged reads (data and scales) and finds every output exact; every peer's average is the exact mean
     of the decoded inputs, bit for bit, and within the stated bound of the mean of the fp32 gradients."""
-    c = await cluster_factory(peers=3, miners=2, numel=400_000, store="memory", stepped=True, wire_dtype="int8")
-    peers, miners = await join_all(c)
-    grads = peer_gradients(c.spec, 3)
-    peer_results, miner_reports, report = await one_window(c, peers, miners, grads, tmp_path)
-
-    flats = [flatten(c.spec, g) for g in grads]
+    c, peers, flats, (peer_results, miner_reports, report) = await honest_window(cluster_factory, tmp_path, "int8")
     exact, _ = reduced_as_miners_do(c, peers, flats, INT8)
     bound = tolerance(torch.stack(flats), "int8")
     for r in peer_results:
@@ -307,12 +312,7 @@ async def test_a_topk_window_through_every_role(cluster_factory, tmp_path) -> No
     """Peers upload topk inputs of their gradient (their residual is zero in the first window), miners reduce the
     decoded inputs, the validator recomputes sampled chunks from the inputs' entries and finds every output exact;
     every peer's average is the exact mean of the sent values, and each peer keeps what it did not send."""
-    c = await cluster_factory(peers=3, miners=2, numel=400_000, store="memory", stepped=True, wire_dtype="topk")
-    peers, miners = await join_all(c)
-    grads = peer_gradients(c.spec, 3)
-    peer_results, miner_reports, report = await one_window(c, peers, miners, grads, tmp_path)
-
-    flats = [flatten(c.spec, g) for g in grads]
+    c, peers, flats, (peer_results, miner_reports, report) = await honest_window(cluster_factory, tmp_path, "topk")
     exact, sent = reduced_as_miners_do(c, peers, flats, TOPK)
     bound = tolerance(torch.stack(sent), "topk")
     for i, r in enumerate(peer_results):
