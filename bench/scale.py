@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import math
+import random
 import re
 import shutil
 import statistics
@@ -42,6 +43,8 @@ from typing import Any
 
 import torch
 
+from mapreduce.audit import sample_checks
+from mapreduce.plan import Segment
 from mapreduce.wire import hashtree
 from mapreduce.hosting import HostingConfig
 from mapreduce.miner import Miner, MinerConfig
@@ -218,12 +221,18 @@ def miner_loads(S: int, r: int, M: int) -> list[int]:
     return loads
 
 
-def sampled_segments(S: int, r: int, M: int, per_miner: int) -> float:
+@functools.lru_cache(maxsize=64)
+def sampled_segments(S: int, r: int, M: int, per_miner: int, draws: int = 200) -> float:
     """Expected number of distinct segments a validator samples when each miner has ``per_miner`` of its segments
-    checked, drawn at random: a segment is missed only if every miner holding it drew others."""
-    loads = miner_loads(S, r, M)
-    return sum(1 - math.prod(1 - min(per_miner, loads[i]) / loads[i] for i in replicas)
-               for replicas in holders(S, r, M))
+    checked, preferring segments drawn for another replica (`mapreduce.audit.sample_checks`): the mean over
+    ``draws`` seeded draws of that very function (no closed form: the overlap depends on the order)."""
+    holdings: dict[str, list[Segment]] = {}
+    for s, replicas in enumerate(holders(S, r, M)):
+        for i in replicas:
+            holdings.setdefault(f"{i:06d}", []).append(Segment(s, 0, 1))
+    rng = random.Random(0)
+    return statistics.fmean(len({seg.index for _, seg in sample_checks(rng, holdings, per_miner)})
+                            for _ in range(draws))
 
 
 COUNT_KEYS = (*KINDS, REQUESTS, BYTES_UP, BYTES_DOWN)
@@ -372,19 +381,26 @@ def predict(P: int, M: int, S: int, r: int = 2, V: int = 1, *, design: str = DES
     v_in, v_out = read(v_span, z.segment_data), read(v_span, out_data)
     proof_span = int((1 + (v_span - 1) / hashtree.CHUNK_BYTES) * P * hashtree.PROOF_BYTES)
     v_proof = _range_read(proof_span, out_data)
-    slot_ranged = sum(n for n, _ in in_chk) + out_chk[0] + ranges * (v_out[0] + v_proof[0] + P * v_in[0])
-    slot_bytes = sum(b for _, b in in_chk) + out_chk[1] + ranges * (v_out[1] + v_proof[1] + P * v_in[1])
+    slot_ranged = sum(n for n, _ in in_chk) + out_chk[0] + ranges * (v_out[0] + v_proof[0])
+    slot_bytes = sum(b for _, b in in_chk) + out_chk[1] + ranges * (v_out[1] + v_proof[1])
     # Header reads while observing: today every output seen; in the new design only the outputs the validator
     # will check and their other replicas (drawn from its own entropy before the window: `watched`).
     drawn = sampled_segments(S, r, M, k.segments_per_miner) if validator_segments is None else validator_segments
     read_headers = r * drawn if design == "new" else sum(active)
     t.add("validator", "miner", "GET range", V * read_headers * out_obs[0], down=V * read_headers * out_obs[1])
+    slots = 0
     for m in active:
         t.add("validator", "miner", "LIST", V * (2 * pages_of(P * m) + 1 + 1))  # inputs x2, bcast/, final outputs
         t.add("validator", "miner", "LIST poll", V * validator_poll_rounds)
-        slots = min(k.segments_per_miner, m)
-        t.add("validator", "miner", "HEAD", V * slots)
-        t.add("validator", "miner", "GET range", V * slots * slot_ranged, down=V * slots * slot_bytes)
+        slots += min(k.segments_per_miner, m)
+        t.add("validator", "miner", "HEAD", V * min(k.segments_per_miner, m))
+        t.add("validator", "miner", "GET range", V * min(k.segments_per_miner, m) * slot_ranged,
+              down=V * min(k.segments_per_miner, m) * slot_bytes)
+    # Every input's values at each range: in the new design, read in full by the first check of each sampled
+    # segment only; a later replica's check of it takes those reads (the same signed inputs, the same ranges:
+    # audit.InputReads) but for one input of its own, drawn at random. Today: every check reads every input.
+    in_reads = P * slots if design != "new" else P * min(drawn, slots) + max(0.0, slots - drawn)
+    t.add("validator", "miner", "GET range", V * in_reads * ranges * v_in[0], down=V * in_reads * ranges * v_in[1])
     if design == "new":
         t.add("validator", "peer", "HEAD", V * 2 * min(k.evidence_peers, P))
     t.add("validator", "validator", "PUT", V, up=V * z.report, own=True)

@@ -37,7 +37,7 @@ from .plan import Segment
 from .reduce import reduce_slices
 from .windows import from_the_future, on_time
 from .wire import hashtree, keys, strictjson
-from .wire.codec import Expect, ObjectMeta
+from .wire.codec import Expect, Header, ObjectMeta
 from .wire.expect import record_max_bytes
 from .wire.formats import WireFormat
 from .wire.names import check_hotkey
@@ -238,6 +238,32 @@ def sample_ranges(rng: random.Random, seg: Segment, count: int, length: int,
     return ranges
 
 
+def sample_checks(rng: random.Random, holdings: dict[str, list[Segment]], per_miner: int
+                  ) -> list[tuple[str, Segment]]:
+    """``per_miner`` (or all, if fewer) of each miner's segments to check, as ``(miner, segment)`` pairs,
+    preferring segments already drawn for another miner: a validator that checks two replicas of a segment at the
+    same ranges reads its inputs once (:class:`InputReads`), so overlap saves it input reads at no loss of
+    coverage (every miner is still checked ``per_miner`` times).
+
+    Miners are taken in a random order; each takes at random among its segments already drawn, then at random
+    among the rest. A miner cannot tell which of its segments will be checked: over the private order, each of
+    its segments is about equally likely (``per_miner / len(segments)``) as with independent draws.
+    """
+    order = sorted(holdings)
+    rng.shuffle(order)
+    drawn: set[int] = set()
+    picks: list[tuple[str, Segment]] = []
+    for miner in order:
+        segments = holdings[miner]
+        want = min(per_miner, len(segments))
+        again = [s for s in segments if s.index in drawn]
+        chosen = rng.sample(again, min(want, len(again)))
+        chosen += rng.sample([s for s in segments if s.index not in drawn], want - len(chosen))
+        drawn |= {s.index for s in chosen}
+        picks += [(miner, s) for s in chosen]
+    return picks
+
+
 def differing_ranges(rng: random.Random, values: torch.Tensor, others: list[torch.Tensor], length: int,
                      count: int) -> list[tuple[int, int]]:
     """Up to ``count`` ranges of ``length`` elements (aligned to ``length``) where ``values`` differs from any of
@@ -249,6 +275,29 @@ def differing_ranges(rng: random.Random, values: torch.Tensor, others: list[torc
     starts = (differ.view(-1, length).any(dim=1).nonzero().flatten() * length).tolist()
     chosen = rng.sample(starts, min(count, len(starts)))
     return [(s, min(n, s + length)) for s in sorted(chosen)]
+
+
+class InputReads:
+    """Input ranges already read and verified, by the input's signed content (hash-tree root and tensor layout)
+    and the element range: the replicas of one segment list the same inputs (the same signed objects, each in its
+    own bucket), so a validator checking two replicas at the same range reads each input's chunks once. Only
+    completed reads are kept, never one in flight: a read that fails or hangs at one miner's bucket must not cost
+    another miner its check, which then reads from its own bucket. (A check that takes others' reads still reads
+    one input of its own, drawn at random: whether a miner's bucket serves its inputs' bytes stays checked.)"""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple, tuple[torch.Tensor, int, bytes]] = {}
+
+    @staticmethod
+    def _key(header: Header, start: int, end: int) -> tuple:
+        # The root fixes the data bytes; the layout, how they decode (both signed by the input's peer).
+        return header.sha256, tuple(sorted(header.entries.items())), start, end
+
+    def get(self, header: Header, start: int, end: int) -> tuple[torch.Tensor, int, bytes] | None:
+        return self._done.get(self._key(header, start, end))
+
+    def put(self, header: Header, start: int, end: int, read: tuple[torch.Tensor, int, bytes]) -> None:
+        self._done[self._key(header, start, end)] = read
 
 
 ProofRows = Callable[[int, int], Awaitable[bytes]]
@@ -266,16 +315,29 @@ def check_proof_shape(proof_shape: tuple[int, ...], inputs: list[tuple[str, str]
 async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tensor]],
                                inputs: list[RangeReader], ranges: list[tuple[int, int]],
                                wire: WireFormat, numel: int, proof: ProofRows | None = None,
-                               salt: bytes = b"") -> float:
+                               salt: bytes = b"", known: InputReads | None = None,
+                               own: frozenset[int] = frozenset()) -> float:
     """``||o - r|| / (||r|| + eps)`` over ``ranges`` of a segment of ``numel`` elements: ``o`` read through
     ``output``, ``r`` recomputed from the inputs' values there, decoded as ``wire`` says from the spans of its
     tensors the range needs (an int8 input's scales too; a topk input's entries of the blocks the range touches,
     its index checked block by block as a miner checks the whole).
 
     With ``proof``, the output's proof-of-possession rows of every input chunk read are checked as well
-    (:mod:`mapreduce.wire.proof`), at no extra cost in input reads.
+    (:mod:`mapreduce.wire.proof`), at no extra cost in input reads. With ``known``, an input range another check
+    already read and verified (the same signed object: :class:`InputReads`) is taken from there, and every range
+    read here is added to it; the inputs whose indexes are in ``own`` are read through their reader all the same.
     """
-    async def input_values(reader: RangeReader, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
+    async def input_values(index: int, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
+        reader = inputs[index]
+        header = await reader.open()
+        if known is not None and index not in own and (done := known.get(header, start, end)) is not None:
+            return done
+        got = await read_input(reader, start, end)
+        if known is not None:
+            known.put(header, start, end, got)
+        return got
+
+    async def read_input(reader: RangeReader, start: int, end: int) -> tuple[torch.Tensor, int, bytes]:
         spans = wire.spans(numel, start, end)
         data, first, chunks = await reader.read_chunks("data", *spans["data"])
         tensors = {"data": data}
@@ -287,7 +349,8 @@ async def recompute_difference(output: Callable[[int, int], Awaitable[torch.Tens
     async def one(start: int, end: int) -> tuple[float, float]:
         # The output's and the inputs' reads at once (each a few KiB: latency-bound); the sum below still adds the
         # inputs in canonical order.
-        got, *reads = await asyncio.gather(output(start, end), *(input_values(r, start, end) for r in inputs))
+        got, *reads = await asyncio.gather(output(start, end),
+                                           *(input_values(i, start, end) for i in range(len(inputs))))
         got = got.double()
         slices = [values for values, _, _ in reads]
         if proof is not None and reads:

@@ -36,8 +36,8 @@ import torch
 
 from storage import ListingTooLong, NotFound, ObjectInfo, PreconditionFailed, StorageError
 
-from .audit import (ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, listed_mean,
-                    open_listed_inputs, read_records, recompute_difference, sample_ranges)
+from .audit import (InputReads, ReaderCache, Wrong, check_proof_shape, impossible_stamp, listed_inputs, listed_mean,
+                    open_listed_inputs, read_records, recompute_difference, sample_checks, sample_ranges)
 from .chain.base import ChainError
 from .errors import InvalidObject, Late, NoBucketOnChain
 from .hosting import HostingConfig, check_hosting, hosting_lines
@@ -521,19 +521,27 @@ class Validator:
     # -- 2. check ----------------------------------------------------------------------------------------------------
 
     async def _sample(self, plan: Plan, rng: random.Random) -> tuple[list, Counter]:
-        """The (miner, segment, element ranges) we will check, drawn from our own entropy."""
+        """The (miner, segment, element ranges) we will check, drawn from our own entropy: ``segments_per_miner``
+        of each miner's, preferring segments drawn for another replica (:func:`~mapreduce.audit.sample_checks`),
+        and the ranges once per segment. Every replica of a segment we check is checked at the same places, so the
+        inputs' chunks there, the same signed objects in each replica's bucket, are read once
+        (:class:`~mapreduce.audit.InputReads`)."""
         cfg = self.config
         directory = await self.net.directory(plan.window)
         rejected: Counter = Counter()
-        slots = []
+        holdings = {}
         for miner in plan.miners:
             if not directory.accepts(miner):
                 rejected["not_allowed"] += 1  # our own lists exclude it: no check, no score, no weight
                 continue
-            segs = list(plan.segments_for(miner))
-            for seg in rng.sample(segs, min(cfg.segments_per_miner, len(segs))):
-                slots.append((miner, seg, sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements,
-                                                           self.net.spec.wire.range_itemsize)))
+            holdings[miner] = list(plan.segments_for(miner))
+        slots = []
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        for miner, seg in sample_checks(rng, holdings, cfg.segments_per_miner):
+            if seg.index not in ranges:
+                ranges[seg.index] = sample_ranges(rng, seg, cfg.ranges_per_segment, cfg.range_elements,
+                                                  self.net.spec.wire.range_itemsize)
+            slots.append((miner, seg, ranges[seg.index]))
         return slots, rejected
 
     async def check(self, plan: Plan, obs: Observation, slots: list, rng: random.Random, rejected: Counter):
@@ -543,13 +551,23 @@ class Validator:
         if any(m in obs.unreachable and m not in obs.reachable for m in plan.miners):
             # Peers' records say whether they could write to a miner we cannot read: its bucket is up for them.
             records = await read_records(self.net, plan.window, directory.peers, rejected)
-        checks = await asyncio.gather(*(self._check_slot(plan, obs, m, seg, ranges, rejected, stats, records,
-                                                         random.Random(rng.random())) for m, seg, ranges in slots))
+        by_segment: dict[int, list] = {}
+        for slot in slots:
+            by_segment.setdefault(slot[1].index, []).append((*slot, random.Random(rng.random())))
+
+        async def replicas(group: list) -> list[SegmentCheck | None]:
+            # One segment's replicas one after the other, so the later ones take the inputs' ranges the first one
+            # read; the segments themselves at once.
+            known = InputReads()
+            return [await self._check_slot(plan, obs, m, seg, ranges, rejected, stats, records, slot_rng, known)
+                    for m, seg, ranges, slot_rng in group]
+
+        checks = [c for group in await asyncio.gather(*(replicas(g) for g in by_segment.values())) for c in group]
         return [c for c in checks if c is not None], stats["fetched"], stats["checked"], rejected
 
     async def _check_slot(self, plan: Plan, obs: Observation, miner: str, seg: Segment,
                           ranges: list[tuple[int, int]], rejected: Counter, stats: dict,
-                          records: dict, rng: random.Random) -> SegmentCheck | None:
+                          records: dict, rng: random.Random, known: InputReads) -> SegmentCheck | None:
         async with self._sem:
             check = SegmentCheck(miner, seg.index, "ok")
             cache: ReaderCache | None = None
@@ -565,7 +583,7 @@ class Validator:
                     return self._scored(check, obs)
                 cache = ReaderCache(self.net, await self.net.bucket(plan.window, miner))
                 await asyncio.wait_for(self._check_reachable(plan, obs, miner, seg, cache, ranges, rejected, check,
-                                                             stats, rng), self.config.check_timeout)
+                                                             stats, rng, known), self.config.check_timeout)
                 if check.status == "skip":
                     return None
             except OwnStall as e:
@@ -601,7 +619,7 @@ class Validator:
 
     async def _check_reachable(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
                                ranges: list[tuple[int, int]], rejected: Counter, check: SegmentCheck,
-                               stats: dict, rng: random.Random) -> None:
+                               stats: dict, rng: random.Random, known: InputReads) -> None:
         expected = await self._expected_inputs(plan, obs, miner, seg, cache, rejected)
         check.expected = len(expected)
         slot = (miner, seg.index)
@@ -617,7 +635,7 @@ class Validator:
             raise Wrong(f"published {len(valid_versions)} different valid outputs before the deadline")
         if miner in obs.lying_clock:
             raise Wrong("its server stamps objects in the future: its clock cannot be trusted")
-        await self._compare(plan, obs, miner, seg, cache, ranges, expected, check, stats, rejected, rng)
+        await self._compare(plan, obs, miner, seg, cache, ranges, expected, check, stats, rejected, rng, known)
 
     def _scored(self, check: SegmentCheck, obs: Observation) -> SegmentCheck:
         reduce_seconds = obs.reduce_deadline_time - obs.settle_time
@@ -645,7 +663,8 @@ class Validator:
 
     async def _compare(self, plan: Plan, obs: Observation, miner: str, seg: Segment, cache: ReaderCache,
                        ranges: list[tuple[int, int]], expected: dict[str, tuple[str, ObjectInfo]],
-                       check: SegmentCheck, stats: dict, rejected: Counter, rng: random.Random) -> None:
+                       check: SegmentCheck, stats: dict, rejected: Counter, rng: random.Random,
+                       known: InputReads) -> None:
         bucket = cache.bucket
         key = str(keys.output_key(self.net.spec.run_id, plan.window, seg.index, miner))
         info = await bucket.store.head(bucket.name, key)
@@ -681,7 +700,8 @@ class Validator:
         salt = proof_salt(self.net.spec.run_id, plan.window, seg.index, miner)
         check.difference = await recompute_difference(lambda a, b: out_reader.read("data", a, b), input_readers,
                                                       sorted(set(ranges) | set(extra)),
-                                                      self.net.spec.wire, seg.numel, proof, salt)
+                                                      self.net.spec.wire, seg.numel, proof, salt, known,
+                                                      own=frozenset({rng.randrange(len(inputs))}))
         await self._settle_expected(plan, seg, bucket, listed, expected, elsewhere, rejected)
         check.expected = len(expected)
         check.included_expected = sum(expected[h][0] == s for h, s in listed.items() if h in expected)

@@ -1,11 +1,12 @@
 """Where checks sample: whole hash-tree chunks, since a verified read fetches every chunk it touches whole; every
-chunk of the segment equally likely; distinct chunks when more than one is asked for."""
+chunk of the segment equally likely; distinct chunks when more than one is asked for. Which outputs a validator
+checks: as many of each miner's as asked, overlapping across replicas, none of a miner's favoured."""
 from __future__ import annotations
 
 import random
 from collections import Counter
 
-from mapreduce.audit import sample_ranges
+from mapreduce.audit import sample_checks, sample_ranges
 from mapreduce.plan import Segment
 from mapreduce.wire import hashtree
 
@@ -50,3 +51,40 @@ def test_without_an_itemsize_anywhere() -> None:
     assert crossed > 0  # unaligned: some ranges straddle a chunk boundary
     assert all(e - s == 1024 for s, e in sample_ranges(rng, seg, 3, 1024))
     assert sample_ranges(rng, Segment(0, 0, 100), 2, 1024, itemsize=4) == [(0, 100)]  # a tiny segment: one chunk
+
+
+def _holdings(S: int, r: int, M: int) -> dict[str, list[Segment]]:
+    """The plan's deal: S * r replicas round-robin over M miners."""
+    held: dict[str, list[Segment]] = {}
+    for s in range(S):
+        for j in range(r):
+            held.setdefault(f"miner{(s * r + j) % M:02d}", []).append(Segment(s, s * 10, s * 10 + 10))
+    return held
+
+
+def test_checks_cover_each_miner_as_asked_and_prefer_segments_already_drawn() -> None:
+    rng = random.Random(5)
+    for S, r, M, k in ((4, 2, 2, 2), (64, 2, 32, 2), (64, 3, 32, 2), (8, 2, 3, 1), (3, 2, 4, 2)):
+        held = _holdings(S, r, M)
+        for _ in range(50):
+            picks = sample_checks(rng, held, k)
+            for miner, segments in held.items():
+                mine = [seg for m, seg in picks if m == miner]
+                assert len(mine) == min(k, len(segments)) and len({s.index for s in mine}) == len(mine)
+                assert all(seg in segments for seg in mine)
+            if (S, r, M) == (4, 2, 2):  # every segment on both miners: the second takes the first's two
+                assert len({seg.index for _, seg in picks}) == 2
+            if (S, r, M) == (64, 2, 32):  # pairs of miners share every segment: 32, not ~56 independent draws
+                assert len({seg.index for _, seg in picks}) == 32
+
+
+def test_each_segment_of_a_miner_is_about_equally_likely_to_be_checked() -> None:
+    """Overlap must not tell a miner which of its segments are safe: each is checked with probability close to
+    k / m (here 2 of 4), over the validator's private order."""
+    held, rng, draws = _holdings(64, 3, 48), random.Random(7), 3000
+    counts: Counter = Counter()
+    for _ in range(draws):
+        counts.update((m, seg.index) for m, seg in sample_checks(rng, held, 2))
+    for miner, segments in held.items():
+        for seg in segments:
+            assert abs(counts[(miner, seg.index)] / draws - 2 / len(segments)) < 0.05, (miner, seg.index)

@@ -24,7 +24,7 @@ from mapreduce.network import Network, StorePool
 from mapreduce.wire.signing import Signer
 from mapreduce.spec import RunSpec, TensorSpec
 from mapreduce.windows import WindowConfig
-from storage import MemoryS3, RetryConfig, TransferConfig
+from storage import MemoryS3, RetryConfig, TransferConfig, TransferStats
 from tests.support.driver import WindowDriver
 
 _run_ids = itertools.count()
@@ -40,6 +40,7 @@ class Cluster:
     signers: dict[str, list[Signer]] = field(default_factory=dict)
     nets: list[Network] = field(default_factory=list)
     drivers: list[asyncio.Task] = field(default_factory=list)
+    memory: MemoryS3 | None = None  # the in-memory server, with ``store="memory"``
 
     def network(self, signer: Signer, pool: StorePool | None = None) -> Network:
         net = Network(self.spec, self.chain, signer, pool or self.pool, chain_poll=0.02)
@@ -49,11 +50,12 @@ class Cluster:
     def bucket_of(self, role: str, i: int) -> str:
         return f"{self.spec.run_id}-{role}-{i}".lower()
 
-    async def join(self, role: str, i: int, own_pool: bool = False) -> Network:
+    async def join(self, role: str, i: int, own_pool: bool = False, stats: TransferStats | None = None) -> Network:
         """Register, create the bucket, commit it; return the participant's network view. ``own_pool``: a store
-        pool of its own, so its requests are counted apart from everyone else's (``net.pool.stats``)."""
+        pool of its own, so its requests are counted apart from everyone else's (``net.pool.stats``); ``stats``:
+        that pool's counters (implies ``own_pool``)."""
         signer = self.signers[role][i]
-        net = self.network(signer, self.pool.sibling() if own_pool else None)
+        net = self.network(signer, self.pool.sibling(stats) if own_pool or stats is not None else None)
         # Published keys distinct from the account's, as on a real network (the embedded server accepts any key).
         loc = BucketLocation({"miners": "miner", "peers": "peer", "validators": "validator"}[role],
                              self.bucket_of(role, i), self.s3_endpoint, *PUBLIC_KEYS)
@@ -114,7 +116,7 @@ async def cluster_factory(embedded_s3, tmp_path):
         if endpoint:
             config = replace(config, endpoint_url=endpoint)
         pool = StorePool(config, transfer, retry, store_factory=memory.store if memory else None)
-        c = Cluster(spec, chain, pool, config.endpoint_url, signers)
+        c = Cluster(spec, chain, pool, config.endpoint_url, signers, memory=memory)
         made.append(c)
         return c
 
