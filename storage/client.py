@@ -215,6 +215,30 @@ def _s3_model_loader(data_path: str | None) -> Any:
         return loader
 
 
+_MONTHS = {name: i for i, name in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                                               "Nov", "Dec"), 1)}
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    """botocore's timestamp parser for the two forms S3 answers with: RFC 7231 in headers (``Last-Modified: Tue,
+    01 Dec 2026 03:27:12 GMT``) and ISO 8601 in listings (``2026-12-01T03:27:12.000Z``), in UTC. botocore's own
+    (dateutil) takes ~0.1 ms a call, a tenth of the client's CPU per ranged GET; anything else still goes to it."""
+    from botocore.utils import parse_timestamp
+
+    if isinstance(value, str):
+        try:
+            if len(value) == 29 and value.endswith(" GMT") and value[3:5] == ", ":
+                day, month, year, clock = value[5:-4].split(" ")
+                hour, minute, second = clock.split(":")
+                return datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second),
+                                tzinfo=timezone.utc)
+            if value.endswith("Z") and "T" in value:
+                return datetime.fromisoformat(value).astimezone(timezone.utc)
+        except (ValueError, KeyError):
+            pass
+    return parse_timestamp(value)
+
+
 async def _new_session() -> Any:
     import aioboto3
     from aiobotocore.session import AioSession
@@ -223,6 +247,7 @@ async def _new_session() -> Any:
     data_path = botocore_session.get_config_variable("data_path")
     loader = _loaders.get(data_path) or await asyncio.to_thread(_s3_model_loader, data_path)
     botocore_session.register_component("data_loader", loader)
+    botocore_session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
     return aioboto3.Session(botocore_session=botocore_session)
 
 
