@@ -227,6 +227,8 @@ class Peer:
                                    for s in plan.segments))
         finally:
             cutoff.cancel()
+            if receipt.sent is not None:
+                self._keep_undelivered(plan, receipt)
         receipt.finished_at = time.time()
         await self._write_record(receipt)
         return receipt
@@ -239,6 +241,13 @@ class Peer:
         sent, tensors, self._residual = self.net.spec.wire.with_residual(
             flat, self._residual, self.net.spec.max_abs_value, [(s.start, s.end) for s in plan.segments])
         return sent, {s.index: t for s, t in zip(plan.segments, tensors)}
+
+    def _keep_undelivered(self, plan: Plan, receipt: UploadReceipt) -> None:
+        """Error feedback: a segment no miner stored reaches no average, so what its input carried goes back into
+        the residual (to the rounding of one fp32 add) instead of being lost; it is sent with the next window's."""
+        for seg in plan.segments:
+            if not receipt.stored_at.get(seg.index) and self._residual is not None:
+                self._residual[seg.start:seg.end] += receipt.sent[seg.start:seg.end]
 
     async def _upload_segment(self, plan: Plan, seg: Segment, flat: torch.Tensor, receipt: UploadReceipt,
                               cutoff: asyncio.Future, encoded: Mapping[str, torch.Tensor] | None = None) -> None:

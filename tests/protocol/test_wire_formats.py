@@ -11,6 +11,7 @@ import torch
 from mapreduce.audit import recompute_difference
 from mapreduce.errors import InvalidObject, NonFinite, OutOfBounds, ShapeMismatch
 from mapreduce.flat import flatten
+from mapreduce.peer import Peer
 from mapreduce.plan import segment_bounds
 from mapreduce.reduce import Accumulator
 from mapreduce.scoring import ScoringConfig
@@ -324,3 +325,27 @@ async def test_a_topk_window_through_every_role(cluster_factory, tmp_path) -> No
     entries = sum(TOPK.data_numel(s.numel) for s in segment_bounds(c.spec.numel, c.spec.segments))
     assert entries < c.spec.numel / 60 and entries < int((exact != 0).sum()) <= 3 * entries  # sparse: 3 peers' entries
     assert_every_output_written_and_exact(c, miner_reports, report)
+
+
+async def test_topk_keeps_in_its_residual_what_no_miner_stored(cluster_factory) -> None:
+    """Error feedback must not lose a segment whose input reached no miner: what it carried goes back into the
+    peer's residual (to one fp32 add's rounding), while a delivered segment keeps only what topk left out."""
+    c = await cluster_factory(peers=1, miners=4, numel=40_960, store="memory", segments=2, wire_dtype="topk")
+    peer = Peer(await c.join("peers", 0), c.bucket_of("peers", 0))
+    for i in range(4):
+        await c.join("miners", i)
+    window = await c.next_window()
+    plan = await peer.net.plan(window)
+    lost, kept = plan.segments
+    for miner in plan.miners_for(lost.index):  # their buckets vanish: every copy of segment 0 fails
+        assert miner not in plan.miners_for(kept.index)
+        i = [c.signers["miners"][j].hotkey for j in range(4)].index(miner)
+        del c.memory._buckets[c.bucket_of("miners", i)]
+    flat = flatten(c.spec, {"w": torch.randn(4_096, 10, generator=torch.Generator().manual_seed(3))})
+    receipt = await peer.upload(window, flat)
+    assert set(receipt.stored_at) == {kept.index} and len(receipt.failed[lost.index]) == 2
+    sent = receipt.sent
+    assert torch.equal(peer._residual[kept.start:kept.end], flat[kept.start:kept.end] - sent[kept.start:kept.end])
+    back = peer._residual[lost.start:lost.end]
+    assert float((back - flat[lost.start:lost.end]).abs().max()) <= float(flat.abs().max()) * 2 ** -23
+    assert float(sent[lost.start:lost.end].abs().max()) > 0  # there was something to lose
