@@ -69,7 +69,8 @@ class ValidatorConfig:
     meaning is the ``help`` of its metadata."""
 
     segments_per_miner: int = field(default=2, metadata={
-        "help": "segments of each miner whose output is checked per window, drawn at random"})
+        "help": "segments of each miner whose output is checked per window, drawn at random, segments already drawn "
+                "for another replica first (one segment's replicas share the reads of its inputs)"})
     ranges_per_segment: int = field(default=1, metadata={
         "help": "element ranges recomputed from the inputs in each checked output, each widened to the whole hash-"
                 "tree chunks it touches (fetched whole to verify them anyway: 4096 fp32 elements per chunk)"})
