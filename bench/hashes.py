@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -22,17 +21,9 @@ import torch
 from mapreduce.wire import hashtree
 
 from .table import Row, print_table
+from .timing import best_seconds
 
 CHUNK = hashtree.CHUNK_BYTES
-
-
-def _best(fn: Callable[[], object], reps: int = 3) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def _per_chunk(data: memoryview, digest: Callable[[memoryview], bytes], threads: int) -> Callable[[], None]:
@@ -56,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     dst = torch.empty_like(src)
     data = memoryview(src.numpy()).cast("B")
     size = len(data)
-    copy_rate = size / _best(lambda: dst.copy_(src)) / 1e9
+    copy_rate = size / best_seconds(lambda: dst.copy_(src)) / 1e9
 
     salt = hashlib.sha256(b"bench-hashes").digest()
     salted = hashlib.sha256(salt)
@@ -88,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                       lambda: blake3.blake3(data, max_threads=2).digest()))
     rows = [Row("memory copy (torch copy_)", copy_rate, None, unit="GB/s", note=f"{args.mib} MiB")]
     for label, fn in cases:
-        rows.append(Row(label, size / _best(fn) / 1e9, copy_rate, unit="GB/s", note="vs memory copy"))
+        rows.append(Row(label, size / best_seconds(fn) / 1e9, copy_rate, unit="GB/s", note="vs memory copy"))
     if blake3 is None:
         rows.append(Row("BLAKE3", float("nan"), None, unit="GB/s", note="skipped: the blake3 package is not installed"))
     print_table(rows, title=f"hash rates per {CHUNK // 1024} KiB chunk, {args.mib} MiB, best of 3")

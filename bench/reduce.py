@@ -10,7 +10,6 @@ The whole path including the download from S3 is measured by `bench.miner_proc` 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,8 @@ from mapreduce.wire.keys import make_tag
 from mapreduce.wire.proof import proof_salt
 from mapreduce.reduce import Accumulator
 from mapreduce.wire.signing import Signer
+
+from .timing import best_seconds
 
 __all__ = ["ReduceRates", "reduce_rates"]
 
@@ -35,15 +36,6 @@ class ReduceRates:
     add_bf16: float
     verify_prove_add: float
     stages: dict[str, float]  # seconds per input of each stage of the in-memory path
-
-
-def _best(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def reduce_rates(segment_bytes: int, inputs: int = 4, reps: int = 3) -> ReduceRates:
@@ -62,9 +54,9 @@ def reduce_rates(segment_bytes: int, inputs: int = 4, reps: int = 3) -> ReduceRa
     dst = torch.empty_like(values[0]).copy_(values[0])
     copy_s, fp32_s, bf16_s = float("inf"), float("inf"), float("inf")
     for _ in range(reps):
-        copy_s = min(copy_s, _best(lambda: dst.copy_(values[0]), 1))
-        fp32_s = min(fp32_s, _best(lambda: add_all(values), 1))
-        bf16_s = min(bf16_s, _best(lambda: add_all(bf16), 1))
+        copy_s = min(copy_s, best_seconds(lambda: dst.copy_(values[0]), 1))
+        fp32_s = min(fp32_s, best_seconds(lambda: add_all(values), 1))
+        bf16_s = min(bf16_s, best_seconds(lambda: add_all(bf16), 1))
     del dst
 
     signers = [Signer.from_uri(f"//bench-reduce/{i}") for i in range(inputs)]
@@ -85,13 +77,13 @@ def reduce_rates(segment_bytes: int, inputs: int = 4, reps: int = 3) -> ReduceRa
             decoded, values, proof = _decode_and_prove(buf, key, expect, salt, FORMATS["float32"], numel)
             acc.add(f"p{i:03d}", decoded.sha256, values, proof)
 
-    seconds = _best(whole, reps)
+    seconds = best_seconds(whole, reps)
     key, buf = objects[0]
-    stages["decode (verify)"] = _best(lambda: decode(buf, key, expect), reps)
-    stages["prove"] = (_best(lambda: _decode_and_prove(buf, key, expect, salt, FORMATS["float32"], numel), reps)
-                       - stages["decode (verify)"])
+    stages["decode (verify)"] = best_seconds(lambda: decode(buf, key, expect), reps)
+    prove = best_seconds(lambda: _decode_and_prove(buf, key, expect, salt, FORMATS["float32"], numel), reps)
+    stages["prove"] = prove - stages["decode (verify)"]
     acc = Accumulator(numel)
     t = decode(buf, key, expect).tensors["data"]
-    stages["add"] = _best(lambda: acc.add(f"p{len(acc.hotkeys):05d}", "", t), reps)
+    stages["add"] = best_seconds(lambda: acc.add(f"p{len(acc.hotkeys):05d}", "", t), reps)
     return ReduceRates(segment_bytes / copy_s / 1e9, inputs * numel * 4 / fp32_s / 1e9,
                        inputs * numel * 2 / bf16_s / 1e9, inputs * segment_bytes / seconds / 1e9, stages)
