@@ -42,6 +42,7 @@ class WindowCase:
     @property
     def label(self) -> str:
         wire = "" if self.wire_dtype == "float32" else f", {self.wire_dtype} wire"
+        wire += "" if self.redundancy == 2 else f", redundancy {self.redundancy}"
         check = "" if self.spot_check else ", peers' spot check off"
         return f"P={self.peers} x {self.mib_per_peer} MiB{wire}{check}"
 
@@ -187,11 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mib", type=int, default=64, help="MiB of fp32 gradient per peer")
     parser.add_argument("--segments", type=int, default=2)
     parser.add_argument("--miners", type=int, default=2)
+    parser.add_argument("--redundancy", type=int, default=2, help="replicas per segment (RunSpec.redundancy)")
     parser.add_argument("--reps", type=int, default=2, help="measured windows, after one warm-up")
     parser.add_argument("--wire", default="float32", choices=sorted(FORMATS),
                         help="the run's wire format (mapreduce/wire/formats.py)")
     args = parser.parse_args(argv)
-    case = WindowCase(args.peers, args.mib, segments=args.segments, miners=args.miners, redundancy=2,
+    case = WindowCase(args.peers, args.mib, segments=args.segments, miners=args.miners, redundancy=args.redundancy,
                       wire_dtype=args.wire)
 
     async def run() -> list[WindowTiming]:
