@@ -46,6 +46,7 @@ import torch
 from mapreduce.audit import sample_checks
 from mapreduce.plan import Segment
 from mapreduce.wire import hashtree
+from mapreduce.wire.partial import first_read_guess
 from mapreduce.hosting import HostingConfig
 from mapreduce.miner import Miner, MinerConfig
 from mapreduce.peer import Peer, PeerConfig
@@ -181,10 +182,16 @@ def _first_read(size: int, header: int, guess: int) -> tuple[int, int]:
     return (1, first) if header <= first else (2, header)
 
 
-def _guess(size: int, readers_before: int) -> int:
-    """`mapreduce.audit.ReaderCache`'s first-read guess for an object of ``size`` bytes: 4 KiB, 64 B per leaf group,
-    128 B per reader already open in the same cache."""
-    return 4096 + 64 * hashtree.group_count(hashtree.leaf_count(size)) + 128 * readers_before
+def _guess(z: Sizes, output: bool, design: str, readers_before: int = 0) -> int:
+    """`mapreduce.audit.ReaderCache`'s first-read guess (`mapreduce.wire.partial.first_read_guess`) for an input,
+    or for an output, whose size says how many inputs its header lists. The design before (v2): 4 KiB, 64 B per
+    leaf group, 128 B per reader already open in the same cache."""
+    if design == "today":
+        size = z.output if output else z.input
+        return 4096 + 64 * hashtree.group_count(hashtree.leaf_count(size)) + 128 * readers_before
+    if not output:
+        return first_read_guess(z.input)
+    return first_read_guess(z.output, z.segment_data, hashtree.leaf_count(z.segment_data))
 
 
 def _range_read(span: int, data_len: int) -> tuple[int, float]:
@@ -304,7 +311,7 @@ def predict(P: int, M: int, S: int, r: int = 2, V: int = 1, *, design: str = DES
     # segment's inputs; open all P listed inputs, one after another in one reader cache (a ranged GET each, two if
     # a header outgrows the first read); recompute `spot_check_ranges` ranges from every input (two ranged GETs
     # each: the leaves, then the chunks).
-    in_open = [_first_read(z.input, z.input_header, _guess(z.input, i)) for i in range(P)]
+    in_open = [_first_read(z.input, z.input_header, _guess(z, False, design, i)) for i in range(P)]
     seg_elements = z.segment_data // z.itemsize if z.itemsize else k.spot_check_elements
     read = _chunk_read if design == "new" else _range_read  # new: ranges are whole chunks
     in_range = read(min(k.spot_check_elements, seg_elements) * z.itemsize, z.segment_data)
@@ -329,7 +336,7 @@ def predict(P: int, M: int, S: int, r: int = 2, V: int = 1, *, design: str = DES
         # claim, one output is downloaded (one GET) and, with probability audits_per_segment / P, audited in full
         # as above (the records are read only of peers the output leaves out: none in an honest run). So the
         # network audits about `audits_per_segment` times per segment: no P^2 term.
-        out_open = _first_read(z.output, z.output_header, _guess(z.output, 0))
+        out_open = _first_read(z.output, z.output_header, _guess(z, True, design))
         audited = S * min(1.0, k.audits_per_segment / P) if peer_audits is None else peer_audits
         t.add("peer", "miner", "LIST poll", P * min(M, S * r) * peer_poll_rounds)
         t.add("peer", "miner", "GET range", P * S * r * out_open[0], down=P * S * r * out_open[1])
@@ -368,9 +375,9 @@ def predict(P: int, M: int, S: int, r: int = 2, V: int = 1, *, design: str = DES
     # there in these runs), the outputs listed once more at the window's end (overwrites), the evidence of
     # `evidence_peers` peers drawn at random (new design: a GET with max_bytes, so a HEAD, which finds nothing in an
     # honest window and asks HeadBucket too), and its signed report written (one PUT).
-    out_obs = _first_read(z.output, z.output_header, _guess(z.output, 0))
-    out_chk = _first_read(z.output, z.output_header, _guess(z.output, P))
-    in_chk = [_first_read(z.input, z.input_header, _guess(z.input, i)) for i in range(P)]
+    out_obs = _first_read(z.output, z.output_header, _guess(z, True, design))
+    out_chk = _first_read(z.output, z.output_header, _guess(z, True, design, P))
+    in_chk = [_first_read(z.input, z.input_header, _guess(z, False, design, i)) for i in range(P)]
     # The new validator checks the set of its sampled ranges: two draws of the same range (a segment hardly longer
     # than a range) are read once.
     seg_numel = z.segment_data // z.itemsize if z.itemsize else k.range_elements

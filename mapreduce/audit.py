@@ -37,11 +37,11 @@ from .plan import Segment
 from .reduce import reduce_slices
 from .windows import from_the_future, on_time
 from .wire import hashtree, keys, strictjson
-from .wire.codec import Expect, Header, ObjectMeta
+from .wire.codec import DTYPES, Expect, Header, ObjectMeta
 from .wire.expect import record_max_bytes
 from .wire.formats import WireFormat
 from .wire.names import check_hotkey
-from .wire.partial import RangeReader
+from .wire.partial import RangeReader, first_read_guess
 from .wire.proof import chunk_rows
 from .wire.records import SHA256, UploadRecord
 
@@ -73,11 +73,12 @@ class ReaderCache:
 
             async def fetch(start: int, end: int) -> bytes:
                 return await bucket.store.get_range(bucket.name, info.key, start, end, if_match=info.etag)
-            # A header is ~600 bytes plus 64 hex characters per group of chunks (1 MiB of data); an output's lists
-            # its inputs too (~250 bytes each: a larger header costs a second, exact read).
             expect = expect or self.net.segment_expect(seg, allowed)
-            fixed = 4096 if "proof" in expect.tensors else 1024
-            guess = fixed + 64 * hashtree.group_count(hashtree.leaf_count(info.size))
+            guess = first_read_guess(info.size)
+            if "proof" in expect.tensors:  # an output: its header lists its inputs, as many as its size says
+                code, shape = expect.tensors["data"]
+                guess = first_read_guess(info.size, math.prod(shape) * DTYPES[code].itemsize,
+                                         expect.tensors["proof"][1][0])
             self.readers[info.key] = RangeReader(fetch, info.size, info.key, expect, first_read=guess)
         return self.readers[info.key]
 

@@ -25,6 +25,23 @@ Fetch = Callable[[int, int], Awaitable[bytes]]
 # Most headers fit in the first read; a larger one costs a second, exact read.
 FIRST_READ = 4 * 1024
 
+# What a header holds, measured on encoded objects (tests/protocol/test_codec.py checks the guess covers them):
+# ~0.7 KiB of fixed fields and signature, 64 hex digits per group of leaf hashes, and in an output ~258 bytes per
+# listed input (hotkey, sha256, key tag, JSON-escaped).
+_HEADER_FIXED, _HEADER_PER_GROUP, _HEADER_PER_INPUT = 1024, 64, 264
+
+
+def first_read_guess(size: int, data_bytes: int = 0, proof_chunks: int = 0) -> int:
+    """Bytes to fetch first when opening an object of ``size`` bytes so that its header fits, without reading much
+    more. For an output (``proof_chunks`` > 0: its proof has that many rows of 8 bytes per input, after
+    ``data_bytes`` of mean) the number of inputs it lists follows from its size, so the guess grows with them:
+    a fixed guess either wastes bytes at small P or costs a second request at large P."""
+    guess = _HEADER_FIXED + _HEADER_PER_GROUP * hashtree.group_count(hashtree.leaf_count(size))
+    if proof_chunks > 0:
+        rest = size - data_bytes - hashtree.DIGEST * hashtree.leaf_count(size)  # header + proof rows
+        guess += _HEADER_PER_INPUT * max(1, rest // (proof_chunks * hashtree.PROOF_BYTES + 258))
+    return guess
+
 
 class RangeReader:
     """Reads verified element ranges of one object through ranged fetches; counts the bytes it fetched."""

@@ -282,3 +282,40 @@ def test_header_length_that_looks_like_a_pickle_opcode_still_decodes() -> None:
     assert bytes(obj[:2]) == b"\x80\x03"
     decoded = decode(obj, at(meta), Expect({}, REGISTERED.__contains__, 1 << 20))
     assert decoded.meta.extra["pad"] == "x" * pad
+
+
+@pytest.mark.parametrize("inputs, numel", [(1, 1_000), (4, 1 << 22), (8, 1 << 21), (16, 1 << 20), (64, 1 << 18),
+                                           (256, 1 << 22)])
+def test_the_first_read_of_an_output_holds_its_header_and_little_more(inputs: int, numel: int) -> None:
+    """`first_read_guess` sizes an output's first read from its size (which says how many inputs it lists): one
+    request opens it at any P, where a fixed 4 KiB read needed two from P ~ 14 and wasted 1-2 KiB below."""
+    from mapreduce.audit import mean_digest
+    from mapreduce.wire import strictjson
+    from mapreduce.wire.codec import header_end
+    from mapreduce.wire.partial import first_read_guess
+
+    miner = Signer.from_uri("//guess/miner")
+    listed = sorted([[Signer.from_uri(f"//guess/peer/{i}").hotkey, "a" * 64, "b" * 128] for i in range(inputs)])
+    mean = torch.randn(numel)
+    chunks = hashtree.leaf_count(numel * 4)
+    meta = ObjectMeta("run-guess", 3, "out", miner.hotkey, 0, extra={
+        "inputs": strictjson.dumps(listed), "count": str(inputs), "mean": mean_digest(mean)})
+    obj = encode(meta, {"data": mean, "proof": torch.zeros(chunks, inputs, hashtree.PROOF_BYTES, dtype=torch.uint8)},
+                 miner)
+    header = header_end(bytes(obj.data[:1 << 20]))
+    guess = first_read_guess(obj.size, numel * 4, chunks)
+    assert header <= guess <= header + 1024 + 8 * inputs, (header, guess)
+
+
+def test_the_first_read_of_an_input_holds_its_header() -> None:
+    from mapreduce.wire.codec import header_end
+    from mapreduce.wire.formats import FORMATS
+    from mapreduce.wire.partial import first_read_guess
+
+    peer = Signer.from_uri("//guess/peer")
+    for name, fmt in FORMATS.items():
+        for numel in (1_000, 1 << 20, 1 << 24):
+            meta = ObjectMeta("run-guess", 3, "in", peer.hotkey, 0)
+            obj = encode(meta, fmt.encode(torch.randn(numel)), peer)
+            header = header_end(bytes(obj.data[:1 << 20]))
+            assert header <= first_read_guess(obj.size) <= header + 1024, (name, numel, header)
