@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -74,6 +74,8 @@ class WindowTiming:
     # in-memory server). On a machine with few cores their sum / cores is a floor under ``total``.
     client_cpu: float = 0.0
     server_cpu: float | None = None
+    # requests per role ("peers", "miners", "validators"): (all calls, of which ranged GETs), from the pools' stats
+    requests: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def cpu(self) -> float:
@@ -86,6 +88,15 @@ def _server_cpu(s3: object) -> float | None:
         return s3.cpu_seconds()  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError, OSError):
         return None
+
+
+def _requests(cluster: BenchCluster) -> dict[str, tuple[int, int]]:
+    """(calls, ranged GETs) so far, summed over each role's pools."""
+    out = {}
+    for role, nets in cluster.nets.items():
+        ops = [op for n in nets for op in n.pool.stats.snapshot().operations.values()]
+        out[role] = (sum(o.calls for o in ops), sum(o.ranged for o in ops))
+    return out
 
 
 def _gradients(case: WindowCase, seed: int) -> torch.Tensor:
@@ -111,7 +122,7 @@ async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads
     peers = cluster.peers(PeerConfig() if case.spot_check else PeerConfig(spot_check_ranges=0))
     miners = cluster.miners()
     validator = cluster.validators()[0]
-    before = cluster.bytes_moved()
+    before, asked = cluster.bytes_moved(), _requests(cluster)
 
     chain.advance_to(phases.start_block)
     miner_tasks = [asyncio.create_task(m.run_window(window)) for m in miners]
@@ -135,7 +146,7 @@ async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads
     chain.advance_to(phases.end_block)
     report = await validator_task
     t4, cpu4, server4 = time.perf_counter(), time.process_time(), _server_cpu(cluster.s3)
-    after = cluster.bytes_moved()
+    after, answered = cluster.bytes_moved(), _requests(cluster)
 
     sizes = await cluster.object_sizes(window)
     ins, outs = sizes.get("in", []), sizes.get("out", [])
@@ -155,6 +166,7 @@ async def run_window(cluster: BenchCluster, case: WindowCase, window: int, grads
         checks_bad=[f"{c.status}: {c.reason}" for c in report.checks if c.status != "ok"]
         + ([] if report.checks else ["no checks"]),
         client_cpu=cpu4 - cpu0, server_cpu=None if server0 is None or server4 is None else server4 - server0,
+        requests={role: (answered[role][0] - asked[role][0], answered[role][1] - asked[role][1]) for role in answered},
     )
 
 
@@ -207,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{t.download:.2f}, validator {t.validate:.2f}); validator fetched {t.validator_fetched / 1e3:,.0f} kB "
               f"for {t.validator_checked / 1e6:,.1f} MB of outputs ({100 * t.validator_fetched / max(1, t.validator_checked):.2f}%); "
               f"fallbacks {t.fallbacks}; checks not ok {len(t.checks_bad)}; CPU {t.client_cpu:.2f} s here + "
-              f"{t.server_cpu or float('nan'):.2f} s server")
+              f"{t.server_cpu or float('nan'):.2f} s server; requests (of which ranged GETs): "
+              + ", ".join(f"{role} {n:,} ({ranged:,})" for role, (n, ranged) in t.requests.items()))
 
 
 if __name__ == "__main__":
