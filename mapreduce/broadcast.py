@@ -40,8 +40,8 @@ from .trust import order_replicas, trusted_scores
 from .windows import on_time
 from .wire import keys
 from .wire.broadcast_record import BroadcastRecord
-from .wire.codec import check_finite, decode
-from .wire.expect import copy_expect, record_max_bytes
+from .wire.codec import DTYPES, check_finite, decode
+from .wire.expect import BROADCAST_DTYPE, copy_expect, record_max_bytes
 from .writes import sign_and_copy, write_own
 
 log = logging.getLogger(__name__)
@@ -331,4 +331,4 @@ class Broadcaster:
 
 def _copy_tensors(values: torch.Tensor) -> dict[str, torch.Tensor]:
     """A broadcast copy's tensors: fp32 whatever the run's wire format, so weights arrive exactly (wire/expect.py)."""
-    return {"data": values.to(torch.float32)}
+    return {"data": values.to(DTYPES[BROADCAST_DTYPE])}

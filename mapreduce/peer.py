@@ -13,7 +13,7 @@ plus its residual, ``g + e`` (at most the run's value bound in magnitude), and k
 the next window, element by element of the flat vector: what the miners did not get this window is added to the
 next one, not lost. The residual lives in this object's memory only, one fp32 vector of the run's length: a
 restarted peer starts again from zero (it loses at most one window's unsent remainder, as a peer that skips a
-window does). A segment that reached no miner is not put back: the residual assumes every input was delivered.
+window does). A segment that reached no miner goes back into the residual whole (``_keep_undelivered``).
 
 :meth:`Peer.allreduce` does all of it for named tensors::
 
@@ -246,7 +246,7 @@ class Peer:
         """Error feedback: a segment no miner stored reaches no average, so what its input carried goes back into
         the residual (to the rounding of one fp32 add) instead of being lost; it is sent with the next window's."""
         for seg in plan.segments:
-            if not receipt.stored_at.get(seg.index) and self._residual is not None:
+            if not receipt.stored_at.get(seg.index):
                 self._residual[seg.start:seg.end] += receipt.sent[seg.start:seg.end]
 
     async def _upload_segment(self, plan: Plan, seg: Segment, flat: torch.Tensor, receipt: UploadReceipt,

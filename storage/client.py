@@ -215,10 +215,6 @@ def _s3_model_loader(data_path: str | None) -> Any:
         return loader
 
 
-_MONTHS = {name: i for i, name in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
-                                               "Nov", "Dec"), 1)}
-
-
 def _parse_timestamp(value: Any) -> datetime:
     """botocore's timestamp parser for the two forms S3 answers with: RFC 7231 in headers (``Last-Modified: Tue,
     01 Dec 2026 03:27:12 GMT``) and ISO 8601 in listings (``2026-12-01T03:27:12.000Z``), in UTC. botocore's own
@@ -227,14 +223,11 @@ def _parse_timestamp(value: Any) -> datetime:
 
     if isinstance(value, str):
         try:
-            if len(value) == 29 and value.endswith(" GMT") and value[3:5] == ", ":
-                day, month, year, clock = value[5:-4].split(" ")
-                hour, minute, second = clock.split(":")
-                return datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second),
-                                tzinfo=timezone.utc)
+            if value.endswith(" GMT"):
+                return _utc(email.utils.parsedate_to_datetime(value))
             if value.endswith("Z") and "T" in value:
-                return datetime.fromisoformat(value).astimezone(timezone.utc)
-        except (ValueError, KeyError):
+                return _utc(datetime.fromisoformat(value))
+        except (ValueError, TypeError):
             pass
     return parse_timestamp(value)
 

@@ -26,9 +26,10 @@ Fetch = Callable[[int, int], Awaitable[bytes]]
 FIRST_READ = 4 * 1024
 
 # What a header holds, measured on encoded objects (tests/protocol/test_codec.py checks the guess covers them):
-# ~0.7 KiB of fixed fields and signature, 64 hex digits per group of leaf hashes, and in an output ~258 bytes per
-# listed input (hotkey, sha256, key tag, JSON-escaped).
+# ~0.7 KiB of fixed fields and signature, 64 hex digits per group of leaf hashes, and in an output 258 bytes or a
+# little more per listed input (hotkey, sha256, key tag, JSON-escaped). The guess rounds each up.
 _HEADER_FIXED, _HEADER_PER_GROUP, _HEADER_PER_INPUT = 1024, 64, 264
+_LISTED_INPUT_MIN = 258  # counting inputs from an output's size, the smallest entry: never too few inputs
 
 
 def first_read_guess(size: int, data_bytes: int = 0, proof_chunks: int = 0) -> int:
@@ -39,7 +40,7 @@ def first_read_guess(size: int, data_bytes: int = 0, proof_chunks: int = 0) -> i
     guess = _HEADER_FIXED + _HEADER_PER_GROUP * hashtree.group_count(hashtree.leaf_count(size))
     if proof_chunks > 0:
         rest = size - data_bytes - hashtree.DIGEST * hashtree.leaf_count(size)  # header + proof rows
-        guess += _HEADER_PER_INPUT * max(1, rest // (proof_chunks * hashtree.PROOF_BYTES + 258))
+        guess += _HEADER_PER_INPUT * max(1, rest // (proof_chunks * hashtree.PROOF_BYTES + _LISTED_INPUT_MIN))
     return guess
 
 
