@@ -27,12 +27,11 @@ from tests.support.hostile_front import HostileFront
 
 from .test_framing import fp32_bound
 
-BLOCK = 0.3
 
 
 async def test_a_miners_clock_decides_nothing_for_others(cluster_factory, embedded_s3, tmp_path, hostile) -> None:
     # One replica per segment: each miner holds one of the two segments, so nobody can route around the liar.
-    c = await cluster_factory(peers=3, miners=2, redundancy=1, block_time=BLOCK, numel=20_000, segments=2)
+    c = await cluster_factory(peers=3, miners=2, redundancy=1, numel=20_000, segments=2, stepped=True)
     with HostileFront(embedded_s3.endpoint_url) as front:
         peers = [Peer(await c.join("peers", i), c.bucket_of("peers", i), PeerConfig(fetch_timeout=3.0))
                  for i in range(3)]
@@ -52,8 +51,9 @@ async def test_a_miners_clock_decides_nothing_for_others(cluster_factory, embedd
         window = await c.next_window()
         results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
                                        honest.run_window(window), liar.run_window(window),
-                                       validator.validate_window(window))
-    peer_results, liar_report, report = results[:3], results[4], results[-1]
+                                       validator.validate_window(window), c.drive(window, validator=True))
+    peer_results, liar_report, report = results[:3], results[4], results[-2]
+    assert not results[-1], f"the work of phases {results[-1]} never finished"
     assert [o.inputs for o in liar_report.outcomes] == [2], liar_report.line()  # the victim left out
     mean = torch.stack([flatten(c.spec, g).double() for g in grads]).mean(0)
     for r in peer_results:

@@ -16,8 +16,9 @@ today's sampling misses, with the outcome the protocol owes the honest parties:
 - ``omits_straggler``: an input that lands after the deadline but within the clock allowance is left out.
 
 Peers must end with the exact mean of every valid input (within the fp32 bound), and the validator must rank the
-cheat below every honest miner. Roles run in-process on a real local chain and the embedded S3 server; a cheating
-miner that lies through its own endpoint publishes a :class:`HostileFront` on 127.0.0.1.
+cheat below every honest miner. Roles run in-process on a real local chain, stepped as the honest work is done
+(tests/support/driver.py), and the embedded S3 server; a cheating miner that lies through its own endpoint publishes
+a :class:`HostileFront` on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -41,8 +42,11 @@ from tests.support.hostile_front import HostileFront
 from . import attacks
 from .test_framing import fp32_bound, write_inputs
 
-BLOCK = 0.3
 PEERS, MINERS, SEGMENTS, REDUNDANCY, NUMEL = 4, 3, 4, 2, 60_000
+
+
+WRITES_AFTER_DEADLINE = ("lying_listing",)  # behaviours whose output exists only after the reduce deadline
+DELETES_INPUTS = ("deletes_input",)  # behaviours that delete inputs from their own bucket as they land
 
 
 class Verdict:
@@ -74,6 +78,7 @@ class Outcome:
     miner_reports: list = field(default_factory=list)
     report: object | None = None  # the validator's WindowReport
     straggled: dict = field(default_factory=dict)  # when the straggler's inputs and record landed
+    timed_out: list[str] = field(default_factory=list)  # the driver's holds that ran out (none, when all went well)
 
     @property
     def cheat_key(self) -> str:
@@ -141,7 +146,7 @@ async def run(cluster_factory, tmp_path, behaviour: str, *, front: HostileFront 
     it is the victim)."""
     kw = {"windows": windows} if windows else {}
     c = await cluster_factory(peers=PEERS, miners=MINERS, redundancy=REDUNDANCY, segments=SEGMENTS,
-                              block_time=BLOCK, numel=NUMEL, **kw)
+                              numel=NUMEL, stepped=True, **kw)
     running = PEERS - 1 if straggler else PEERS
     peers = [Peer(await c.join("peers", i), c.bucket_of("peers", i)) for i in range(running)]
     late = await c.join("peers", PEERS - 1) if straggler else None
@@ -157,14 +162,23 @@ async def run(cluster_factory, tmp_path, behaviour: str, *, front: HostileFront 
     window = await c.next_window()
     o = Outcome(c, peers, honest, cheat, grads, window)
     extra = [straggle(late, window, flatten(c.spec, grads[-1]))] if straggler else []
+    # The chain moves on as the honest work is done (tests/support/driver.py): the upload deadline once every
+    # running peer's inputs are in and, where the cheat deletes inputs as they land, not waiting for its bucket;
+    # the reduce deadline once the outputs are written, but for the cheat whose output exists only after it.
+    drive = c.drive(window, validator=v is not None, peers=[p.net.hotkey for p in peers],
+                    miners=[m.net.hotkey for m in honest] + ([] if behaviour in WRITES_AFTER_DEADLINE
+                                                             else [cheat.net.hotkey]),
+                    vanishing=[cheat.net.hotkey] if behaviour in DELETES_INPUTS else ())
     results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
                                    *(m.run_window(window) for m in honest + [cheat]),
-                                   *([v.validate_window(window)] if v else []), *extra)
+                                   *([v.validate_window(window)] if v else []), drive, *extra)
     o.peer_results = list(results[:running])
     o.miner_reports = list(results[running:running + MINERS])
     o.report = results[running + MINERS] if v else None
+    o.timed_out = results[running + MINERS + (1 if v else 0)]
     if straggler:
         o.straggled = results[-1]
+    assert not o.timed_out, f"setup: the driver gave up waiting for the {o.timed_out} work"
     return o
 
 

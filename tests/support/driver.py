@@ -55,13 +55,15 @@ class WindowDriver:
     miners; pass ``()`` when none does). ``validator``: a validator observes the window, so hold the reduce
     deadline ``read_grace`` s after the last output appears. ``unreachable``: miners whose buckets peers cannot
     write to (a stalling endpoint): the upload hold does not wait for inputs there, nor for the peers' upload
-    records (a peer writes its record once every upload ended, here at the deadline). ``tick``: seconds between
+    records (a peer writes its record once every upload ended, here at the deadline). ``vanishing``: miners whose
+    buckets lose inputs as they land (a miner deleting them): the upload hold does not wait for inputs there, but
+    still for the records. ``tick``: seconds between
     blocks, and between looks at the buckets while holding a deadline.
     """
 
     def __init__(self, cluster: "Cluster", window: int, *, peers: Iterable[str] | None = None,
                  miners: Iterable[str] | None = None, validator: bool = False, unreachable: Iterable[str] = (),
-                 tick: float = 0.02,
+                 vanishing: Iterable[str] = (), tick: float = 0.02,
                  timeout: float = 60.0, read_grace: float = READ_GRACE, uploaded: Condition | None = None,
                  reduced: Condition | None = None) -> None:
         if not isinstance(cluster.chain, SteppedChain):
@@ -74,6 +76,7 @@ class WindowDriver:
         self.miners = [s.hotkey for s in cluster.signers["miners"]] if miners is None else list(miners)
         self.validator = validator
         self.unreachable = set(unreachable)
+        self.vanishing = set(vanishing)
         self.tick = tick
         self.timeout = timeout
         self.read_grace = read_grace
@@ -144,7 +147,7 @@ class WindowDriver:
     async def _uploads_done(self) -> bool:
         plan = self._plan
         wanted = {(miner, seg.index, peer) for seg in plan.segments for miner in plan.miners_for(seg.index)
-                  for peer in self.peers if miner not in self.unreachable}
+                  for peer in self.peers if miner not in self.unreachable | self.vanishing}
         have = {(miner, k.segment, k.hotkey) for miner in {m for m, _, _ in wanted}
                 for k in await self._keys(miner, "in")}
         if not wanted <= have:
