@@ -9,16 +9,15 @@ from mapreduce.trust import trusted_scores
 
 from . import attacks
 
-BLOCK = 0.3
 
 
 async def test_an_unsigned_report_forges_no_standing(cluster_factory, hostile) -> None:
-    c = await cluster_factory(peers=1, miners=2, validators=1, block_time=BLOCK, numel=40_000, segments=2)
+    c = await cluster_factory(peers=1, miners=2, validators=1, numel=40_000, segments=2, stepped=True)
     miner = await c.join("miners", 0)
     favourite = await c.join("miners", 1)
     vnet = await c.join("validators", 0)
     window = await c.next_window()
-    await vnet.wait_for_block(c.spec.windows.phases(window).start_block)
+    c.chain.advance_to(c.spec.windows.phases(window).start_block)
     forged = attacks.forged_report(vnet.hotkey, window - 1, favourite.hotkey).encode()
     # a stranger writes straight into the validator's bucket (as a misconfigured writable bucket would let it)
     await attacks.put_raw(miner, vnet.hotkey, window, attacks.report_key(c.spec.run_id, window - 1, vnet.hotkey),
