@@ -24,6 +24,10 @@ from tests.support.tables import shorten
 from .adversaries import MINER_BEHAVIOURS, AdversarialMiner
 
 BLOCK = 0.3
+# Cheats whose act is timed after the reduce deadline, against the validator's re-listing at the window's end: they
+# run on wall-clock blocks of BLOCK s. The others run on a stepped chain whose blocks come as the work is done
+# (tests/support/driver.py).
+AFTER_THE_DEADLINE = ("late", "overwrites_after_deadline")
 
 
 def fp32_bound(grads) -> float:
@@ -40,7 +44,9 @@ WHY = {"zeros": "output differs from the recomputed mean", "noise": "output diff
 @pytest.mark.parametrize("behaviour", MINER_BEHAVIOURS)
 async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, reliability, behaviour: str) -> None:
     # every miner holds every segment (r = 3), so each segment has two honest replicas beside the cheater
-    c = await cluster_factory(peers=3, miners=3, redundancy=3, segments=3, block_time=BLOCK, numel=60_000)
+    stepped = behaviour not in AFTER_THE_DEADLINE
+    c = await cluster_factory(peers=3, miners=3, redundancy=3, segments=3, block_time=BLOCK, numel=60_000,
+                              stepped=stepped)
     peers = [Peer(await c.join("peers", i), c.bucket_of("peers", i)) for i in range(3)]
     honest = [Miner(await c.join("miners", i), c.bucket_of("miners", i)) for i in range(2)]
     cheat = AdversarialMiner(await c.join("miners", 2), c.bucket_of("miners", 2), behaviour=behaviour,
@@ -49,9 +55,12 @@ async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, rel
                           ValidatorConfig(segments_per_miner=3, scoring=ScoringConfig(weights_every=1)))
     grads = peer_gradients(c.spec, 3, seed=11)
     window = await c.next_window()
+    drive = [c.drive(window, validator=True)] if stepped else []
     results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
                                    *(m.run_window(window) for m in honest + [cheat]),
-                                   validator.validate_window(window))
+                                   validator.validate_window(window), *drive)
+    if drive:
+        assert not results.pop(), "the driver gave up waiting for the window's work"
     report = results[-1]
     honest_keys = {m.net.hotkey for m in honest}
     honest_scores = [report.scores[h] for h in honest_keys]
@@ -93,13 +102,14 @@ PEER_CASES = {
 
 @pytest.mark.parametrize("case", sorted(PEER_CASES))
 async def test_dishonest_peer_input_is_excluded_and_counted(cluster_factory, reliability, case: str) -> None:
-    c = await cluster_factory(peers=4, miners=1, redundancy=1, segments=2, block_time=BLOCK, numel=40_000)
+    c = await cluster_factory(peers=4, miners=1, redundancy=1, segments=2, numel=40_000, stepped=True)
     peers = [Peer(await c.join("peers", i), c.bucket_of("peers", i)) for i in range(3)]
     bad = c.signers["peers"][3]
     await c.join("peers", 3)  # a registered, committed peer that cheats (except for the unregistered case)
     miner = Miner(await c.join("miners", 0), c.bucket_of("miners", 0))
     grads = peer_gradients(c.spec, 3, seed=21)
     window = await c.next_window()
+    drive = c.drive(window, peers=[p.net.hotkey for p in peers])  # the cheat plants inputs before the deadline
     await miner.net.wait_for_block(c.spec.windows.phases(window).start_block)
     bucket = await miner.net.bucket(window, miner.net.hotkey)
     seg = segment_bounds(c.spec.numel, c.spec.segments)[0]
@@ -119,7 +129,8 @@ async def test_dishonest_peer_input_is_excluded_and_counted(cluster_factory, rel
     elif case == "nan":
         await plant(bad, torch.full((n,), float("nan")))
     results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
-                                   miner.run_window(window))
+                                   miner.run_window(window), drive)
+    assert not results.pop(), "the driver gave up waiting for the window's work"
     report = results[-1]
     (reason,) = PEER_CASES[case]
     assert report.rejected[reason] == 1, report.rejected
