@@ -102,9 +102,7 @@ def test_command_line_takes_the_lists_and_refuses_disjoint_ones(tmp_path) -> Non
 
 
 async def test_miners_and_validators_exclude_hotkeys_outside_the_lists(cluster_factory, tmp_path) -> None:
-    # The reduce phase holds the miners' settling wait after the upload deadline (windows.settle_time) and more.
-    c = await cluster_factory(peers=3, miners=2, validators=1, block_time=0.25, numel=40_000, segments=4,
-                              windows=WindowConfig(24, 6, 16, clock_skew_seconds=0.0))
+    c = await cluster_factory(peers=3, miners=2, validators=1, numel=40_000, segments=4, stepped=True)
     peer_keys = [s.hotkey for s in c.signers["peers"]]
     miner_keys = [s.hotkey for s in c.signers["miners"]]
     unaware = c.spec
@@ -127,7 +125,9 @@ async def test_miners_and_validators_exclude_hotkeys_outside_the_lists(cluster_f
     grads = [flatten(c.spec, {"w": torch.randn(4_000, 10)}) for _ in range(3)]
     window = await c.next_window()
     results = await asyncio.gather(*(p.upload(window, g) for p, g in zip(peers, grads)),
-                                   *(m.run_window(window) for m in miners), validator.validate_window(window))
+                                   *(m.run_window(window) for m in miners), validator.validate_window(window),
+                                   c.drive(window, validator=True))
+    assert not results.pop(), "the driver gave up waiting for the window's work"
     m0, m1, report = results[3], results[4], results[5]
 
     segments = c.spec.segments  # redundancy 2 over 2 miners: each miner holds every segment

@@ -46,7 +46,7 @@ def gloo_mean(flats: torch.Tensor) -> torch.Tensor:
 
 
 async def test_average_matches_gloo_all_reduce(cluster_factory) -> None:
-    c = await cluster_factory(peers=P, miners=2, block_time=0.3)
+    c = await cluster_factory(peers=P, miners=2, stepped=True)
     peers = [Peer(await c.join("peers", i), c.bucket_of("peers", i)) for i in range(P)]
     miners = [Miner(await c.join("miners", i), c.bucket_of("miners", i)) for i in range(2)]
     grads = peer_gradients(c.spec, P, seed=3)
@@ -54,7 +54,8 @@ async def test_average_matches_gloo_all_reduce(cluster_factory) -> None:
     reference = await asyncio.to_thread(gloo_mean, flats.clone())
     window = await c.next_window()
     results = await asyncio.gather(*(p.allreduce(g, window=window) for p, g in zip(peers, grads)),
-                                   *(m.run_window(window) for m in miners))
+                                   *(m.run_window(window) for m in miners), c.drive(window))
+    assert not results.pop(), "the driver gave up waiting for the window's work"
     bound = 2 * (P + 1) * 2.0 ** -24 * float(flats.abs().max())
     for r in results[:P]:
         assert not r.fallbacks
