@@ -23,6 +23,7 @@ from . import seeds
 from .chain.base import Chain, ChainError
 from .directory import LEGACY, Admission, BucketLocation, Directory
 from .errors import PhaseOver
+from .kernels import warm_math_kernels
 from .plan import Plan, Segment, make_plan
 from .spec import RunSpec
 from .windows import Phases, settle_time
@@ -133,6 +134,8 @@ class Network:
         """``chain_signer`` signs chain writes: the bittensor ``Wallet`` on a real chain (the SDK needs it), or by
         default the hotkey ``Keypair`` (enough for the local chain). ``admission`` is this process's own lists; the
         run spec's apply on top (:class:`~mapreduce.directory.Admission`)."""
+        # Before any of our worker threads runs torch next to the program's own: VML's first calls race (kernels.py).
+        warm_math_kernels()
         # Both together, checked now: two allow lists with nothing in common is a configuration error, not a run.
         self.policy = Admission.from_spec(spec).narrow(admission or Admission())
         self.spec = spec
