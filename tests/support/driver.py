@@ -57,8 +57,8 @@ class WindowDriver:
     write to (a stalling endpoint): the upload hold does not wait for inputs there, nor for the peers' upload
     records (a peer writes its record once every upload ended, here at the deadline). ``vanishing``: miners whose
     buckets lose inputs as they land (a miner deleting them): the upload hold does not wait for inputs there, but
-    still for the records. ``tick``: seconds between
-    blocks, and between looks at the buckets while holding a deadline.
+    still for the records. ``tick``: seconds between blocks, and between looks at the buckets while holding a
+    deadline.
     """
 
     def __init__(self, cluster: "Cluster", window: int, *, peers: Iterable[str] | None = None,
