@@ -5,8 +5,8 @@ torch computes float functions such as ``sqrt``, ``exp``, ``log`` and ``tanh`` w
 process, and that initialisation is not thread-safe: when the first calls run in two threads at once, whole chunks
 of one result (elements 4096-8191 of an 8192-element tensor, say) come out of a low-precision path, with relative
 errors up to ~3e-4 where the usual is ~1e-7. ``python -m bench.kernels`` measures it: on this project's 2-core
-machine (torch 2.13.0), 2 to 3 in 100 fresh processes whose first ``sqrt`` ran in 9 threads at once got such a
-result, and none after one call had initialised VML.
+machine (torch 2.13.0), 2 of 150 fresh processes whose first ``sqrt`` ran in 9 threads at once got such a result,
+and none of 150 after this module's warm-up (BENCHMARKS.md, "torch's math kernels, raced").
 
 A role runs torch in worker threads (``asyncio.to_thread``: decoding, encoding, reducing) next to the program that
 uses it, whose optimizer's first step calls ``sqrt`` (Adam): that race made one rank of the broadcast example end
