@@ -84,7 +84,6 @@ async def test_dishonest_miner_ranks_below_honest(cluster_factory, tmp_path, rel
                 f"bound: max |avg - mean| {worst:.1e})")
 
 
-
 def _forge_signature(data: bytes) -> bytes:
     i = data.find(b'"signature":"') + len('"signature":"')
     return data[:i] + (b"00" if data[i:i + 2] != b"00" else b"11") + data[i + 2:]

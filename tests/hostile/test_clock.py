@@ -28,7 +28,6 @@ from tests.support.hostile_front import HostileFront
 from .test_framing import fp32_bound
 
 
-
 async def test_a_miners_clock_decides_nothing_for_others(cluster_factory, embedded_s3, tmp_path, hostile) -> None:
     # One replica per segment: each miner holds one of the two segments, so nobody can route around the liar.
     c = await cluster_factory(peers=3, miners=2, redundancy=1, numel=20_000, segments=2, stepped=True)

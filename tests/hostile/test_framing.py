@@ -22,7 +22,6 @@ from tests.support.cluster import peer_gradients
 from . import attacks
 
 
-
 def fp32_bound(grads) -> float:
     return (len(grads) + 1) * 2.0 ** -24 * max(float(t.abs().max()) for g in grads for t in g.values())
 

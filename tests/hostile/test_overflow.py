@@ -20,7 +20,6 @@ from . import attacks
 from .test_framing import fp32_bound, write_inputs
 
 
-
 async def test_huge_finite_inputs_overflow_nothing(cluster_factory, tmp_path, hostile) -> None:
     c = await cluster_factory(peers=4, miners=2, numel=40_000, segments=2, stepped=True)
     peers = [Peer(await c.join("peers", i), c.bucket_of("peers", i)) for i in range(2)]

@@ -10,7 +10,6 @@ from mapreduce.trust import trusted_scores
 from . import attacks
 
 
-
 async def test_an_unsigned_report_forges_no_standing(cluster_factory, hostile) -> None:
     c = await cluster_factory(peers=1, miners=2, validators=1, numel=40_000, segments=2, stepped=True)
     miner = await c.join("miners", 0)
